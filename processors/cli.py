@@ -1,0 +1,197 @@
+"""`msgstatus` command line: gateway, worker, tail, status, providers.
+
+Exit status 0 on success, 2 on bad usage, 1 on failure; progress on stderr, results on
+stdout (DESIGN.md section 10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import orjson
+
+from processors import providers
+from processors.config import ConfigError, Settings
+from processors.topics import STATUS, all_topics, ensure_topics
+
+log = logging.getLogger("msgstatus")
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+async def _run_until_signal(main: asyncio.Task) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, main.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await main
+
+
+def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
+    from processors.ingest.gateway import serve
+    from processors.ingest.producer import KafkaRawSink
+    from processors.store.readmodel import ReadModel
+
+    async def main() -> None:
+        sink = KafkaRawSink(settings)
+        connect = asyncio.create_task(sink.start_when_reachable())
+        try:
+            await asyncio.wait_for(ensure_topics(settings, all_topics(settings, providers.REGISTRY)), 30)
+        except Exception as exc:  # Kafka may be down: webhooks then get 503 until it is back
+            log.warning("could not create topics now (%s); continuing", exc)
+        read_model = ReadModel(settings.redis_url, settings.topic_prefix) if settings.api_token else None
+        try:
+            await serve(settings, sink, read_model)
+        finally:
+            connect.cancel()
+            await sink.stop()
+            if read_model is not None:
+                await read_model.close()
+
+    asyncio.run(_run_until_signal_main(main))
+    return 0
+
+
+async def _run_until_signal_main(factory) -> None:  # type: ignore[no-untyped-def]
+    await _run_until_signal(asyncio.create_task(factory()))
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    import faust
+    from prometheus_client import start_http_server
+
+    from processors.store.readmodel import ReadModel
+    from processors.stream.app import build, quiet_logging
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(ensure_topics(settings, all_topics(settings, providers.REGISTRY)))
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.http_host)
+    read_model = None if args.no_read_model else ReadModel(settings.redis_url, settings.topic_prefix)
+    app = build(settings, read_model)
+    worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, redirect_stdouts=False, quiet=True)
+    quiet_logging(settings.log_level)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
+    from aiokafka import AIOKafkaConsumer
+
+    async def main() -> None:
+        consumer = AIOKafkaConsumer(
+            settings.topic(STATUS),
+            bootstrap_servers=settings.kafka_bootstrap,
+            auto_offset_reset="earliest" if args.from_beginning else "latest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        try:
+            async for record in consumer:
+                event = orjson.loads(record.value)
+                if args.json:
+                    sys.stdout.write(record.value.decode() + "\n")
+                else:
+                    d = event["data"]
+                    implied = f" (implied {','.join(d['implied'])})" if d["implied"] else ""
+                    err = f" error={d['error']['category']}" if d.get("error") else ""
+                    sys.stdout.write(
+                        f"{d['emitted_at']} {d['message_key']:<40} #{d['sequence']:<2} "
+                        f"{d['previous_status'] or '-':>16} -> {d['status']}{implied}{err}\n"
+                    )
+                sys.stdout.flush()
+        finally:
+            await consumer.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_run_until_signal_main(main))
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from processors.store.readmodel import ReadModel
+
+    async def main() -> dict | None:
+        model = ReadModel(settings.redis_url, settings.topic_prefix)
+        try:
+            return await model.get(args.message_key)
+        finally:
+            await model.close()
+
+    doc = asyncio.run(main())
+    if doc is None:
+        print(f"unknown message {args.message_key!r}", file=sys.stderr)
+        return 1
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+def cmd_providers(settings: Settings, args: argparse.Namespace) -> int:
+    for name, module in sorted(providers.REGISTRY.items()):
+        state = "enabled" if module.enabled(settings) else "disabled"
+        print(f"{name:<12} {state:<9} {', '.join(module.CONTENT_TYPES)}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="msgstatus", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("gateway", help="HTTP gateway: verify webhooks, write them to Kafka")
+    w = sub.add_parser("worker", help="stream worker: normalize, order, emit")
+    w.add_argument("--no-read-model", action="store_true", help="do not write the Redis read model")
+    t = sub.add_parser("tail", help="print message.status events")
+    t.add_argument("--from-beginning", action="store_true")
+    t.add_argument("--json", action="store_true", help="print the CloudEvents as JSON lines")
+    s = sub.add_parser("status", help="show one message from the read model")
+    s.add_argument("message_key")
+    sub.add_parser("providers", help="list providers and whether they are enabled")
+    d = sub.add_parser("demo", help="send signed demo webhooks to a running gateway")
+    d.add_argument("--messages", type=int, default=300)
+    d.add_argument("--url", default=None, help="gateway base URL (default from MSGSTATUS_HTTP_*)")
+    d.add_argument("--seed", type=int, default=7)
+    return p
+
+
+COMMANDS = {
+    "gateway": cmd_gateway,
+    "worker": cmd_worker,
+    "tail": cmd_tail,
+    "status": cmd_status,
+    "providers": cmd_providers,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"msgstatus: {exc}", file=sys.stderr)
+        return 2
+    _logging(settings)
+    if args.command == "demo":
+        from processors.demo import run_demo
+
+        return run_demo(settings, args)
+    try:
+        return COMMANDS[args.command](settings, args)
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:
+        log.error("%s failed: %s", args.command, exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

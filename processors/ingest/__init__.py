@@ -1,0 +1,1 @@
+"""Edges where provider events enter: the HTTP gateway, pollers and the raw producer."""

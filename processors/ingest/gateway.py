@@ -1,0 +1,224 @@
+"""The HTTP gateway: verify, keep the exact bytes in Kafka, answer (DESIGN.md section 7).
+
+A request reaches the raw topic only through `_verified()`, and the answer is 200 only
+after Kafka acknowledged the write. Every error is JSON with a clear message; neither the
+expected signature nor the body is ever echoed back or logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from processors import providers
+from processors.config import Settings
+from processors.ingest import raw
+from processors.ingest.producer import KafkaUnavailable, RawSink
+from processors.providers.base import FramingError, Provider, SignatureError, WebhookRequest
+from processors.store.readmodel import ReadModel, ReadModelUnavailable
+
+log = logging.getLogger(__name__)
+
+WEBHOOKS = Counter(
+    "msgstatus_gateway_requests_total", "Webhook requests by provider and answer", ["provider", "code"]
+)
+LATENCY = Histogram(
+    "msgstatus_gateway_latency_seconds",
+    "Time from request to answer, Kafka acknowledgement included",
+    ["provider"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+RETRY_AFTER_SECONDS = "5"
+
+
+def error(status: int, message: str, **extra: str) -> web.Response:
+    body = orjson.dumps({"error": message, "status": status})
+    return web.Response(
+        status=status, body=body, content_type="application/json", headers=extra or None
+    )
+
+
+def ok(payload: dict) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), content_type="application/json")
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Callable[..., Awaitable[web.StreamResponse]]):
+    """aiohttp answers 404/405 in plain text; our contract is JSON everywhere."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+        return error(exc.status, exc.reason, **headers)
+
+
+def public_url(request: web.Request, settings: Settings) -> str:
+    """The URL the provider called; behind a proxy only MSGSTATUS_PUBLIC_URL knows it."""
+    if settings.public_url:
+        return settings.public_url.rstrip("/") + request.rel_url.path_qs
+    return str(request.url)
+
+
+def framing_ok(provider: Provider, body: bytes, content_type: str) -> str | None:
+    """None when the body decodes as the provider's framing, else why not."""
+    if content_type == "application/x-www-form-urlencoded" or provider.FRAMING == "form":
+        try:
+            urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True)
+        except (UnicodeDecodeError, ValueError):
+            return "body is not a valid application/x-www-form-urlencoded form"
+        return None
+    try:
+        orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "body is not valid JSON"
+    return None
+
+
+class Gateway:
+    def __init__(self, settings: Settings, sink: RawSink, read_model: ReadModel | None = None):
+        self.settings = settings
+        self.sink = sink
+        self.read_model = read_model
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[json_errors], client_max_size=self.settings.max_body_bytes + 1)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/webhooks/meta", self.meta_handshake)
+        app.router.add_post("/webhooks/{provider}", self.webhook)
+        app.router.add_post("/v1/events", self.events)
+        app.router.add_get("/v1/messages/{message_key}", self.message)
+        return app
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return ok({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if await self.sink.ready():
+            return ok({"status": "ready"})
+        return error(503, "Kafka is unreachable", **{"Retry-After": RETRY_AFTER_SECONDS})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def meta_handshake(self, request: web.Request) -> web.Response:
+        meta = providers.get("meta")
+        if meta is None or not meta.enabled(self.settings):
+            return error(404, "provider 'meta' is not enabled")
+        challenge = meta.handshake(request.query, self.settings)
+        if challenge is None:
+            return error(403, "hub.verify_token does not match")
+        return web.Response(text=challenge)
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        return await self._ingest(request, request.match_info["provider"])
+
+    async def events(self, request: web.Request) -> web.Response:
+        return await self._ingest(request, "events")
+
+    async def _ingest(self, request: web.Request, name: str) -> web.Response:
+        started = time.perf_counter()
+        response = await self._answer(request, name)
+        label = name if providers.get(name) else "unknown"
+        WEBHOOKS.labels(label, str(response.status)).inc()
+        LATENCY.labels(label).observe(time.perf_counter() - started)
+        return response
+
+    async def _answer(self, request: web.Request, name: str) -> web.Response:
+        provider = providers.get(name)
+        if provider is None:
+            return error(404, f"unknown provider {name!r}")
+        if not provider.enabled(self.settings):
+            return error(404, f"provider {name!r} is not enabled (its secret is not configured)")
+        limit = self.settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return error(413, f"body larger than {limit} bytes")
+        content_type = request.content_type.lower()
+        if content_type not in provider.CONTENT_TYPES:
+            return error(
+                415,
+                f"content type {content_type or '(none)'!r} not accepted; "
+                f"expected one of {', '.join(provider.CONTENT_TYPES)}",
+            )
+        body = await request.content.read(limit + 1)
+        if len(body) > limit:
+            return error(413, f"body larger than {limit} bytes")
+        webhook = WebhookRequest(
+            provider=name,
+            method=request.method,
+            url=public_url(request, self.settings),
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=body,
+            received_at=time.time(),
+        )
+        verified = self._verified(provider, webhook)
+        if isinstance(verified, web.Response):
+            return verified
+        problem = framing_ok(provider, body, content_type)
+        if problem:
+            return error(400, problem)
+        record = raw.encode(
+            self.settings.topic(f"raw.{name}"), webhook, provider.SIGNATURE_HEADERS
+        )
+        try:
+            await self.sink.publish(record)
+        except KafkaUnavailable as exc:
+            log.warning("answering 503 to %s: %s", name, exc)
+            return error(
+                503,
+                "event store unavailable, retry later",
+                **{"Retry-After": RETRY_AFTER_SECONDS},
+            )
+        return ok({"status": "accepted"})
+
+    def _verified(self, provider: Provider, webhook: WebhookRequest) -> WebhookRequest | web.Response:
+        try:
+            provider.verify(webhook, self.settings)
+        except SignatureError as exc:
+            return error(401, f"signature check failed: {exc}")
+        except FramingError as exc:
+            return error(400, str(exc))
+        return webhook
+
+    async def message(self, request: web.Request) -> web.Response:
+        token = self.settings.api_token
+        auth = request.headers.get("Authorization", "")
+        if not token:
+            return error(404, "the query API is disabled: set MSGSTATUS_API_TOKEN")
+        from processors.providers.base import constant_time_equal
+
+        if not auth.startswith("Bearer ") or not constant_time_equal(token, auth[7:].strip()):
+            return error(401, "missing or wrong Bearer token")
+        if self.read_model is None:
+            return error(503, "read model not configured")
+        key = request.match_info["message_key"]
+        try:
+            doc = await self.read_model.get(key)
+        except ReadModelUnavailable as exc:
+            return error(503, str(exc), **{"Retry-After": RETRY_AFTER_SECONDS})
+        if doc is None:
+            return error(404, f"unknown message {key!r}")
+        return ok(doc)
+
+
+async def serve(settings: Settings, sink: RawSink, read_model: ReadModel | None) -> None:
+    """Run until cancelled (the CLI cancels on SIGINT/SIGTERM)."""
+    runner = web.AppRunner(Gateway(settings, sink, read_model).app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.http_port, backlog=1024)
+    await site.start()
+    log.warning("gateway listening on http://%s:%s", settings.http_host, settings.http_port)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

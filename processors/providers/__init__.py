@@ -1,0 +1,42 @@
+"""Provider registry: every provider module imported below is served, keyed by its NAME.
+
+Enabling a provider is one import line (like courier's blank handler imports); the
+registry collects every imported module that has the Provider attributes, and refuses
+at import time a module that has only some of them or a NAME used twice.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from processors.providers import events, meta, ryze, twilio  # noqa: F401  (one per provider)
+from processors.providers.base import Provider
+
+_REQUIRED = ("NAME", "CONTENT_TYPES", "FRAMING", "SIGNATURE_HEADERS", "enabled", "verify", "parse")
+
+
+def _collect(namespace: dict[str, object]) -> dict[str, Provider]:
+    registry: dict[str, Provider] = {}
+    for module in namespace.values():
+        if not isinstance(module, ModuleType) or not hasattr(module, "NAME"):
+            continue
+        missing = [attr for attr in _REQUIRED if not hasattr(module, attr)]
+        if missing:
+            raise TypeError(f"provider module {module.__name__} lacks {', '.join(missing)}")
+        if module.FRAMING not in ("json", "form"):
+            raise TypeError(f"provider module {module.__name__}: FRAMING must be json or form")
+        if module.NAME in registry:
+            raise TypeError(f"provider name {module.NAME!r} registered twice")
+        registry[module.NAME] = module  # type: ignore[assignment]
+    return registry
+
+
+REGISTRY: dict[str, Provider] = _collect(dict(globals()))
+
+
+def get(name: str) -> Provider | None:
+    """The enabled-or-not provider module called `name` (the gateway checks enabled())."""
+    return REGISTRY.get(name)
+
+
+__all__ = ["REGISTRY", "Provider", "get"]

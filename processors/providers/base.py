@@ -1,0 +1,98 @@
+"""What every provider module offers, and the request it is handed.
+
+A provider module is pure: `verify()` checks the sender with the provider's own scheme,
+`parse()` turns the exact bytes the gateway kept into canonical events. The gateway runs
+`verify()` before anything reaches Kafka; the normalize agent runs `parse()` on the raw
+topic, so a fixed mapping can be replayed over old records.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from processors.config import Settings
+from processors.model import CanonicalEvent
+
+
+class SignatureError(Exception):
+    """The request does not prove it comes from the provider (HTTP 401)."""
+
+
+class FramingError(Exception):
+    """The body is not in the provider's framing at all (HTTP 400 / dead-letter)."""
+
+
+@dataclass(slots=True, frozen=True)
+class WebhookRequest:
+    """A provider's request as received: exact bytes, lower-cased header names.
+
+    `url` is the public URL the provider called (MSGSTATUS_PUBLIC_URL + path + query when
+    set, else the URL the server saw): URL-signing providers sign exactly that.
+    """
+
+    provider: str
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes
+    received_at: float
+    polled: bool = False
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    @property
+    def content_type(self) -> str:
+        raw = self.headers.get("content-type", "")
+        return raw.split(";", 1)[0].strip().lower()
+
+
+@dataclass(slots=True)
+class DeadItem:
+    reason: str
+    item: Any = None
+
+
+@dataclass(slots=True)
+class ParseResult:
+    events: list[CanonicalEvent] = field(default_factory=list)
+    dead: list[DeadItem] = field(default_factory=list)
+    ignored: int = 0  # known but deliberately not statuses (inbound messages, account errors)
+
+
+class Provider(Protocol):
+    """A provider module (see processors/providers/twilio.py for a complete one)."""
+
+    NAME: str
+    CONTENT_TYPES: tuple[str, ...]  # accepted request content types (415 otherwise)
+    FRAMING: str  # "json" or "form": what a body must decode as (400 otherwise)
+    SIGNATURE_HEADERS: tuple[str, ...]  # kept on the raw record for re-verification
+
+    def enabled(self, settings: Settings) -> bool: ...
+
+    def verify(self, request: WebhookRequest, settings: Settings) -> None: ...
+
+    def parse(self, request: WebhookRequest) -> ParseResult: ...
+
+
+def constant_time_equal(expected: str | bytes, given: str | bytes | None) -> bool:
+    if given is None:
+        return False
+    a = expected.encode() if isinstance(expected, str) else expected
+    b = given.encode() if isinstance(given, str) else given
+    return hmac.compare_digest(a, b)
+
+
+def bearer_or_token(request: WebhookRequest) -> str | None:
+    """The `token` header, or the credential of `Authorization: Bearer <token>`."""
+    token = request.header("token")
+    if token:
+        return token
+    auth = request.header("authorization") or ""
+    scheme, _, credential = auth.partition(" ")
+    if scheme.lower() == "bearer" and credential:
+        return credential.strip()
+    return None

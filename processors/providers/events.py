@@ -1,0 +1,235 @@
+"""`POST /v1/events`: the user's own senders report events already in our words.
+
+Used to register outbound messages (with the account a poller needs), report send-time
+failures, and cover channels without provider webhooks. Validation is strict and each
+rejected item gets a precise reason, because the sender is ours to fix
+(DESIGN.md section 7). Authenticated by `Authorization: Bearer MSGSTATUS_API_TOKEN` or
+a Standard Webhooks signature (MSGSTATUS_EVENTS_WEBHOOK_SECRET).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from processors.config import Settings
+from processors.model import CHANNELS, ERROR_CATEGORIES, STATUSES, CanonicalEvent, ErrorInfo
+from processors.providers import common
+from processors.providers.base import (
+    DeadItem,
+    FramingError,
+    ParseResult,
+    SignatureError,
+    WebhookRequest,
+    constant_time_equal,
+)
+
+NAME = "events"
+CONTENT_TYPES: tuple[str, ...] = ("application/json",)
+FRAMING = "json"
+# Standard Webhooks headers carry no secret; the Bearer token does, so it is not kept.
+SIGNATURE_HEADERS: tuple[str, ...] = ("webhook-id", "webhook-timestamp", "webhook-signature")
+SECRET = "EVENTS_WEBHOOK_SECRET"
+TOLERANCE_SECONDS = 300  # Standard Webhooks: refuse replays older/newer than 5 minutes
+
+# Reporters speak canonical statuses already; only the emitter derives delivery_unknown.
+ACCEPTED_STATUSES: frozenset[str] = STATUSES - {"delivery_unknown"}
+PROVIDER_RE = re.compile(r"[a-z0-9_-]{1,32}")
+MAX_ID_LEN = 256
+DEFAULT_CHANNEL = "api"
+
+
+def enabled(settings: Settings) -> bool:
+    return settings.api_token is not None or settings.secret(SECRET) is not None
+
+
+# --- authentication -------------------------------------------------------------------
+
+
+def _secret_key(secret: str) -> bytes:
+    """`whsec_<base64>` -> key bytes; a secret that is not base64 is used as given."""
+    raw = secret.removeprefix("whsec_")
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        return raw.encode()
+
+
+def calculate_signature(secret: str, msg_id: str, timestamp: int | str, body: bytes) -> str:
+    """One `webhook-signature` entry: `v1,<base64 HMAC-SHA256(key, "{id}.{ts}.{body}")>`."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return "v1," + common.hmac_b64(_secret_key(secret), signed, "sha256")
+
+
+def sign(body: bytes, secret: str, msg_id: str, timestamp: int) -> dict[str, str]:
+    """Standard Webhooks headers for `body` (tests and the demo sender use it)."""
+    return {
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": calculate_signature(secret, msg_id, timestamp, body),
+    }
+
+
+def _verify_standard_webhooks(request: WebhookRequest, secret: str) -> None:
+    msg_id = (request.header("webhook-id") or "").strip()
+    stamp = (request.header("webhook-timestamp") or "").strip()
+    given = request.header("webhook-signature") or ""
+    if not msg_id or not stamp:
+        raise SignatureError("webhook-id and webhook-timestamp headers are required")
+    if not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 12:
+        raise SignatureError("webhook-timestamp must be unix seconds")
+    # The time we received it, not now: a replayed raw record re-verifies the same way.
+    if abs(int(stamp) - request.received_at) > TOLERANCE_SECONDS:
+        raise SignatureError("webhook-timestamp is outside the 5 minute tolerance")
+    expected = calculate_signature(secret, msg_id, stamp, request.body)
+    candidates = [part for part in given.split() if part.startswith("v1,")]
+    if not candidates:
+        raise SignatureError("webhook-signature has no v1 signature")
+    if not any(constant_time_equal(expected, candidate) for candidate in candidates):
+        raise SignatureError("webhook-signature does not match")
+
+
+def verify(request: WebhookRequest, settings: Settings) -> None:
+    """Bearer token first, else Standard Webhooks signature; raises SignatureError only."""
+    auth = request.header("authorization") or ""
+    scheme, _, credential = auth.strip().partition(" ")
+    if scheme.lower() == "bearer" and credential.strip():
+        if settings.api_token is not None and constant_time_equal(
+            settings.api_token, credential.strip()
+        ):
+            return
+        if not request.header("webhook-signature"):
+            raise SignatureError("invalid bearer token")
+    secret = settings.secret(SECRET)
+    if request.header("webhook-signature"):
+        if secret is None:
+            raise SignatureError("signed requests are not enabled (no webhook secret set)")
+        _verify_standard_webhooks(request, secret)
+        return
+    raise SignatureError("missing `Authorization: Bearer` or Standard Webhooks signature")
+
+
+# --- parsing ----------------------------------------------------------------------------
+
+
+def _occurred_at(value: Any) -> tuple[float | None, str | None]:
+    """(epoch seconds, None) or (None, reason) for an RFC 3339 string or a unix number."""
+    if value is None:
+        return None, None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None, "occurred_at must be an RFC 3339 string or unix seconds"
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, "occurred_at must be a finite number"
+    if isinstance(value, str) and not value.strip():
+        return None, "occurred_at must not be empty"
+    ts = common.event_time(value)
+    if ts is None:
+        return None, f"occurred_at {str(value)[:64]!r} is not RFC 3339 or unix seconds"
+    return ts, None
+
+
+def _error(value: Any) -> tuple[ErrorInfo | None, str | None]:
+    if value is None:
+        return None, None
+    if not isinstance(value, Mapping):
+        return None, "error must be an object or null"
+    code = value.get("code")
+    if code is not None and (isinstance(code, bool) or not isinstance(code, (str, int))):
+        return None, "error.code must be a string or an integer"
+    description = value.get("description")
+    if description is not None and not isinstance(description, str):
+        return None, "error.description must be a string"
+    category = value.get("category")
+    return (
+        ErrorInfo(
+            code=None if code is None else str(code),
+            category=category
+            if isinstance(category, str) and category in ERROR_CATEGORIES
+            else "unknown",
+            description=description,
+        ),
+        None,
+    )
+
+
+def _optional_text(obj: Mapping[str, Any], key: str) -> tuple[str | None, str | None]:
+    value = obj.get(key)
+    if value is None:
+        return None, None
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_ID_LEN:
+        return None, f"{key} must be a non-empty string of at most {MAX_ID_LEN} characters"
+    return value, None
+
+
+def _event(item: Any, request: WebhookRequest) -> CanonicalEvent | str:
+    """The event for one item, or the reason it is rejected."""
+    if not isinstance(item, Mapping):
+        return "item must be a JSON object"
+    provider = item.get("provider")
+    if not isinstance(provider, str) or not PROVIDER_RE.fullmatch(provider):
+        return "provider must match ^[a-z0-9_-]{1,32}$"
+    message_id = item.get("provider_message_id")
+    if not isinstance(message_id, str) or not message_id.strip() or len(message_id) > MAX_ID_LEN:
+        return f"provider_message_id must be a non-empty string of at most {MAX_ID_LEN} characters"
+    status = item.get("status")
+    if status == "delivery_unknown":
+        return "status delivery_unknown is derived by msgstatus and cannot be reported"
+    if not isinstance(status, str) or status not in ACCEPTED_STATUSES:
+        return f"status must be a canonical status, got {str(status)[:64]!r}"
+    channel = item.get("channel")
+    if channel is None:
+        channel = DEFAULT_CHANNEL
+    if not isinstance(channel, str) or channel not in CHANNELS:
+        return f"channel must be one of {', '.join(sorted(CHANNELS))}"
+    occurred_at, reason = _occurred_at(item.get("occurred_at"))
+    if reason:
+        return reason
+    error, reason = _error(item.get("error"))
+    if reason:
+        return reason
+    account, reason = _optional_text(item, "account")
+    if reason:
+        return reason
+    provider_status, reason = _optional_text(item, "provider_status")
+    if reason:
+        return reason
+    return CanonicalEvent(
+        provider=provider,
+        provider_message_id=message_id,
+        status=status,
+        provider_status=provider_status or status,
+        channel=channel,
+        observed_at=request.received_at,
+        occurred_at=occurred_at,
+        account=account,
+        error=error,
+        polled=request.polled,
+    )
+
+
+@common.guarded
+def parse(request: WebhookRequest) -> ParseResult:
+    """One object or an array of them; FramingError when the body is neither."""
+    data = common.load_json(request.body)
+    if isinstance(data, dict):
+        batch: list[Any] = [data]
+    elif isinstance(data, list):
+        batch = data
+    else:
+        raise FramingError("body must be a JSON object or an array of objects")
+    result = ParseResult()
+
+    def one(item: Any) -> None:
+        outcome = _event(item, request)
+        if isinstance(outcome, str):
+            result.dead.append(DeadItem(outcome, item))
+        else:
+            result.events.append(outcome)
+
+    common.each(result, batch, one)
+    return result

@@ -1,0 +1,277 @@
+"""Twilio Programmable Messaging status callbacks (SMS, MMS, WhatsApp, Messenger, RCS).
+
+One callback = one status of one message, form-encoded, signed with HMAC-SHA1 over the
+public URL and the sorted POST params (PROVIDERS.md "Twilio"). Callbacks carry no event
+time, so order comes from the status lattice, never from arrival.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+from collections.abc import Iterable, Mapping
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+from processors.config import Settings
+from processors.model import CanonicalEvent, ErrorInfo
+from processors.providers import common
+from processors.providers.base import (
+    DeadItem,
+    FramingError,
+    ParseResult,
+    SignatureError,
+    WebhookRequest,
+)
+
+NAME = "twilio"
+CONTENT_TYPES: tuple[str, ...] = ("application/x-www-form-urlencoded", "application/json")
+FRAMING = "form"
+SIGNATURE_HEADERS: tuple[str, ...] = ("x-twilio-signature",)
+SECRET = "TWILIO_AUTH_TOKEN"
+
+# Twilio's MessageStatus words; ours are the same names by design.
+STATUS_MAP: dict[str, str] = {
+    "accepted": "accepted",
+    "scheduled": "scheduled",
+    "queued": "queued",
+    "sending": "sending",
+    "sent": "sent",
+    "delivered": "delivered",
+    "undelivered": "undelivered",
+    "failed": "failed",
+    "read": "read",
+    "canceled": "canceled",
+    "received": "received",
+}
+# Known words that are not a status change for us: `receiving` is an inbound MMS still
+# being fetched (`received` follows); `delivery_unknown` is Twilio's Insights-only word,
+# we derive our own.
+IGNORED_STATUSES: frozenset[str] = frozenset({"receiving", "delivery_unknown"})
+STATUSES = common.StatusTable(STATUS_MAP, IGNORED_STATUSES)
+
+# ErrorCode -> (category, Twilio's title). PROVIDERS.md lists the first eleven.
+ERROR_CODES: dict[str, tuple[str, str]] = dict(
+    common.check_error_table(
+        {
+            "30003": ("unreachable", "Unreachable destination handset"),
+            "30004": ("blocked", "Message blocked"),
+            "30005": ("invalid_number", "Unknown destination handset"),
+            "30006": ("invalid_number", "Landline or unreachable carrier"),
+            "30007": ("carrier_filtered", "Message filtered by the carrier"),
+            "30008": ("unknown", "Unknown error"),
+            "30034": ("account_problem", "Message from an unregistered number (US A2P 10DLC)"),
+            "21211": ("invalid_number", "Invalid 'To' phone number"),
+            "21408": ("account_problem", "Permission to send to this region is not enabled"),
+            "21610": ("opted_out", "Attempt to send to an unsubscribed recipient"),
+            "63016": ("outside_window", "Freeform message outside the WhatsApp 24 hour window"),
+            "30001": ("rate_limited", "Queue overflow"),
+            "30002": ("account_problem", "Account suspended"),
+            "30036": ("expired", "Validity period expired"),
+        }
+    )
+)
+# An error is attached to these even without an ErrorCode, so consumers see "why: unknown".
+_ERROR_STATUSES = frozenset({"failed", "undelivered"})
+
+# Address prefixes (`whatsapp:+1...`) and ChannelPrefix values -> our channel names.
+_CHANNEL_PREFIXES: dict[str, str] = {
+    "whatsapp": "whatsapp",
+    "messenger": "messenger",
+    "rcs": "rcs",
+}
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
+def enabled(settings: Settings) -> bool:
+    return settings.secret(SECRET) is not None
+
+
+# --- signature ------------------------------------------------------------------------
+
+
+def calculate_signature(
+    auth_token: str,
+    url: str,
+    params: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+) -> str:
+    """X-Twilio-Signature: base64(HMAC-SHA1(token, url + name+value of every param)).
+
+    Params are sorted by name, then by value for repeated names, as Twilio's official
+    validators do; a repeated name contributes every one of its values.
+    """
+    pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
+    payload = url + "".join(name + value for name, value in sorted(pairs))
+    return common.hmac_b64(auth_token, payload.encode("utf-8"), "sha1")
+
+
+def body_sha256(body: bytes) -> str:
+    """The hex digest Twilio puts in the `bodySHA256` query param of JSON webhooks."""
+    return hashlib.sha256(body).hexdigest()
+
+
+def url_variants(url: str) -> list[str]:
+    """The URL as given, without its port, and with the scheme's default port.
+
+    Twilio signs sometimes with and sometimes without an explicit port (its official
+    validators try both), so a strict single-URL check rejects genuine callbacks.
+    """
+    variants = [url]
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return variants
+    netloc = parts.netloc
+    if port is not None:
+        bare = netloc.rpartition(":")[0]
+        variants.append(urlunsplit(parts._replace(netloc=bare)))
+    elif parts.scheme in _DEFAULT_PORTS and netloc:
+        with_port = f"{netloc}:{_DEFAULT_PORTS[parts.scheme]}"
+        variants.append(urlunsplit(parts._replace(netloc=with_port)))
+    return list(dict.fromkeys(variants))
+
+
+def _query_param(url: str, name: str) -> str | None:
+    try:
+        values = parse_qs(urlsplit(url).query, keep_blank_values=True).get(name)
+    except ValueError:
+        return None
+    return values[0] if values else None
+
+
+def verify(request: WebhookRequest, settings: Settings) -> None:
+    """Check X-Twilio-Signature; raises SignatureError only (the reason never has MACs)."""
+    token = settings.secret(SECRET)
+    if token is None:
+        raise SignatureError("twilio is not configured (MSGSTATUS_TWILIO_AUTH_TOKEN unset)")
+    signature = request.header("x-twilio-signature")
+    if not signature:
+        raise SignatureError("missing X-Twilio-Signature header")
+    params: list[tuple[str, str]] = []
+    if common.looks_like_json(request):
+        # JSON webhooks: the URL (with bodySHA256) is signed, the body is bound by its hash.
+        expected_hash = _query_param(request.url, "bodySHA256")
+        if not expected_hash:
+            raise SignatureError("JSON body without a bodySHA256 query parameter")
+        if not common.any_equal([body_sha256(request.body)], expected_hash.strip().lower()):
+            raise SignatureError("body does not match the bodySHA256 query parameter")
+    else:
+        try:
+            params = common.load_form(request.body)
+        except FramingError:
+            raise SignatureError("cannot verify: body is not a form") from None
+    candidates = [calculate_signature(token, url, params) for url in url_variants(request.url)]
+    if not common.any_equal(candidates, signature.strip()):
+        raise SignatureError("X-Twilio-Signature does not match")
+
+
+def sign(url: str, body: bytes, auth_token: str, *, json_body: bool = False) -> dict[str, str]:
+    """Headers a genuine Twilio request would carry (tests and the demo sender use it).
+
+    For `json_body`, `url` must already hold `bodySHA256=<body_sha256(body)>`.
+    """
+    params = [] if json_body else common.load_form(body)
+    content_type = "application/json" if json_body else "application/x-www-form-urlencoded"
+    return {
+        "content-type": content_type,
+        "x-twilio-signature": calculate_signature(auth_token, url, params),
+    }
+
+
+# --- parsing ----------------------------------------------------------------------------
+
+
+def _fields(request: WebhookRequest) -> dict[str, str]:
+    """The callback's params (first value wins); FramingError if it is no form / object."""
+    if common.looks_like_json(request):
+        data = common.load_json(request.body)
+        if not isinstance(data, dict):
+            raise FramingError("JSON body must be an object of callback parameters")
+        out: dict[str, str] = {}
+        for key, value in data.items():
+            if isinstance(value, str):
+                out[key] = value
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[key] = str(value)
+            elif isinstance(value, bool):
+                out[key] = "true" if value else "false"
+        return out
+    fields: dict[str, str] = {}
+    for key, value in common.load_form(request.body):
+        fields.setdefault(key, value)
+    return fields
+
+
+def channel_of(fields: Mapping[str, str]) -> str:
+    """whatsapp/messenger/rcs by prefix, mms when media is attached, else sms."""
+    prefix = (fields.get("ChannelPrefix") or "").strip().lower()
+    if prefix in _CHANNEL_PREFIXES:
+        return _CHANNEL_PREFIXES[prefix]
+    for address in (fields.get("From", ""), fields.get("To", "")):
+        scheme, sep, _ = address.partition(":")
+        if sep and scheme.strip().lower() in _CHANNEL_PREFIXES:
+            return _CHANNEL_PREFIXES[scheme.strip().lower()]
+    media = common.to_int(fields.get("NumMedia"))
+    sid = fields.get("MessageSid") or fields.get("SmsSid") or ""
+    if (media is not None and media > 0) or sid.startswith("MM"):
+        return "mms"
+    return "sms"
+
+
+def dlr_done_date(value: str | None) -> float | None:
+    """`RawDlrDoneDate` (YYMMDDhhmm, UTC, from the carrier's receipt) as epoch seconds."""
+    raw = (value or "").strip()
+    if len(raw) != 10 or not (raw.isascii() and raw.isdigit()):
+        return None
+    try:
+        moment = _dt.datetime.strptime(raw, "%y%m%d%H%M").replace(tzinfo=_dt.UTC)
+    except ValueError:
+        return None
+    return moment.timestamp()
+
+
+def _error(fields: Mapping[str, str], status: str) -> ErrorInfo | None:
+    code = common.text(fields.get("ErrorCode"))
+    description = common.text(fields.get("ErrorMessage"))
+    if code is not None and code != "0":
+        return common.error_info(code, ERROR_CODES, description)
+    if status in _ERROR_STATUSES:
+        return ErrorInfo(code=None, category="unknown", description=description)
+    return None
+
+
+@common.guarded
+def parse(request: WebhookRequest) -> ParseResult:
+    """One callback -> at most one event; FramingError only when the body is no form."""
+    fields = _fields(request)
+    result = ParseResult()
+    sid = common.text(fields.get("MessageSid")) or common.text(fields.get("SmsSid"))
+    word = common.text(fields.get("MessageStatus")) or common.text(fields.get("SmsStatus"))
+    if sid is None:
+        result.dead.append(DeadItem("missing MessageSid", fields))
+        return result
+    if word is None:
+        result.dead.append(DeadItem("missing MessageStatus", fields))
+        return result
+    status = STATUSES.lookup(word)
+    if status is None:
+        if STATUSES.is_ignored(word):
+            result.ignored += 1
+        else:
+            result.dead.append(DeadItem(f"unknown twilio MessageStatus {word[:64]!r}", fields))
+        return result
+    result.events.append(
+        CanonicalEvent(
+            provider=NAME,
+            provider_message_id=sid,
+            status=status,
+            provider_status=word,
+            channel=channel_of(fields),
+            observed_at=request.received_at,
+            occurred_at=dlr_done_date(fields.get("RawDlrDoneDate")),
+            account=common.text(fields.get("AccountSid")),
+            error=_error(fields, status),
+            polled=request.polled,
+        )
+    )
+    return result

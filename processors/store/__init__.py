@@ -1,0 +1,1 @@
+"""State backends and the Redis read model."""

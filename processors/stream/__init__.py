@@ -1,0 +1,1 @@
+"""The Faust worker: normalize, ordering and emitter agents (DESIGN.md section 1)."""

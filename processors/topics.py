@@ -1,0 +1,60 @@
+"""Topic names (DESIGN.md section 8) and their creation.
+
+Every process that touches Kafka creates what it needs on start, with the configured
+partition count, so a fresh broker works without an operator step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
+
+from processors.config import Settings
+
+log = logging.getLogger(__name__)
+
+CANONICAL = "status.canonical"
+TRANSITIONS = "status.transitions"
+STATUS = "message.status"
+DEADLETTER = "status.deadletter"
+
+
+def raw_topic(settings: Settings, provider: str) -> str:
+    return settings.topic(f"raw.{provider}")
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """Kafka's default partitioner (murmur2), so our explicit partitions match keyed sends."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def all_topics(settings: Settings, providers: Iterable[str]) -> list[str]:
+    names = [raw_topic(settings, p) for p in providers]
+    names += [settings.topic(t) for t in (CANONICAL, TRANSITIONS, STATUS, DEADLETTER)]
+    return names
+
+
+async def ensure_topics(settings: Settings, names: Iterable[str], timeout: float = 30.0) -> None:
+    """Create missing topics; existing ones are left as they are."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout * 1000)
+    )
+    await asyncio.wait_for(admin.start(), timeout)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in dict.fromkeys(names) if n not in existing]
+        if not missing:
+            return
+        new = [NewTopic(n, num_partitions=settings.partitions, replication_factor=1) for n in missing]
+        try:
+            await admin.create_topics(new)
+        except TopicAlreadyExistsError:
+            pass  # another process won the race: fine
+        log.info("created topics %s", missing)
+    finally:
+        await admin.close()
