@@ -160,6 +160,9 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--messages", type=int, default=300)
     d.add_argument("--url", default=None, help="gateway base URL (default from MSGSTATUS_HTTP_*)")
     d.add_argument("--seed", type=int, default=7)
+    d.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to wait for every final status"
+    )
     return p
 
 

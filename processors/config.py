@@ -50,6 +50,7 @@ class Settings:
     delivery_unknown_after: float = 3600.0
     delivery_unknown_disabled: frozenset[str] = frozenset()
     catchup_lag: float = 120.0
+    session_timeout: float = 10.0
     api_token: str | None = None
     metrics_port: int = 6066
     app_id: str = "msgstatus"
@@ -97,6 +98,7 @@ class Settings:
                 if part.strip()
             ),
             catchup_lag=_float(env, "MSGSTATUS_CATCHUP_LAG", d.catchup_lag),
+            session_timeout=_float(env, "MSGSTATUS_SESSION_TIMEOUT", d.session_timeout),
             api_token=env.get("MSGSTATUS_API_TOKEN") or None,
             metrics_port=_int(env, "MSGSTATUS_METRICS_PORT", d.metrics_port),
             app_id=env.get("MSGSTATUS_APP_ID", d.app_id),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,9 @@ import orjson
 from processors.providers import events as events_provider
 from processors.providers import meta, ryze, twilio
 
-T0 = 1_760_000_000  # provider timestamps in the demo are relative to this
+
+
+T0 = 0  # provider timestamps: set by build_requests
 
 
 @dataclass(slots=True)
@@ -163,8 +166,19 @@ def _event(msg: Message, status: str, step: int, api_token: str) -> Request:
     return Request("/v1/events", headers, body, [msg.key])
 
 
-def build_requests(messages: list[Message], base_url: str, secrets: Mapping[str, str], rng: random.Random) -> list[Request]:
-    """One request per provider status; Meta statuses are batched several per POST."""
+def build_requests(
+    messages: list[Message],
+    base_url: str,
+    secrets: Mapping[str, str],
+    rng: random.Random,
+    t0: float | None = None,
+) -> list[Request]:
+    """One request per provider status; Meta statuses are batched several per POST.
+
+    Provider timestamps are `t0` (default: now) plus one second per step of the path.
+    """
+    global T0
+    T0 = int(time.time() if t0 is None else t0)
     requests: list[Request] = []
     meta_pending: list[tuple[Message, str, int]] = []
     for msg in messages:

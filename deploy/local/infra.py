@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Real local Kafka (KRaft) and Redis without Docker: fetch, start, check, stop.
 
-Used both as a CLI (``python deploy/local/infra.py up|down|status``, behind
+Used both as a CLI (``python deploy/local/infra.py up|down|status|prepare``, behind
 ``make infra-up``/``infra-down``) and as a module imported by the test suite, which
 starts its own instances on free ports.  Standard library only, so it runs before the
 project's virtual environment exists.  Everything listens on 127.0.0.1 only.
@@ -881,28 +881,58 @@ def cmd_status(cfg: InfraConfig) -> int:
     return 0 if all_up else 3
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def cmd_prepare(cfg: InfraConfig) -> int:
+    """Fetch and install what ``up`` needs, start nothing.
+
+    ``make test``/``make bench`` call this first so the one-time downloads happen up
+    front with clear errors instead of inside a test fixture's timeout.
+    """
+    began = time.monotonic()
+    try:
+        libs = ensure_kafka_jars()
+        java = ensure_java()
+        redis_server = ensure_redis_server()
+    except (RuntimeError, OSError) as exc:
+        print(f"infra prepare failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"kafka jars: {libs}")
+    print(f"java: {java}")
+    print(f"redis-server: {redis_server}")
+    print(f"infra prepared in {time.monotonic() - began:.1f}s (nothing started)")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[InfraConfig], int]] = {
+    "up": cmd_up,
+    "down": cmd_down,
+    "status": cmd_status,
+    "prepare": cmd_prepare,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's argument parser (separate so tests can check it without running anything)."""
     parser = argparse.ArgumentParser(
         description="Local Kafka (KRaft) + Redis on 127.0.0.1 for development and tests.",
         epilog=(
+            "prepare: fetch the Kafka jars, check java, install redis-server; start nothing. "
             f"env: {ENV_KAFKA_PORT} (9092), {ENV_KAFKA_CONTROLLER_PORT} (9093), "
             f"{ENV_REDIS_PORT} (6379), {ENV_INFRA_DIR} (./var/infra), "
             f"{ENV_KAFKA_HEAP} (384m), {ENV_CACHE_DIR} (~/.cache/msgstatus)"
         ),
     )
-    parser.add_argument("command", choices=["up", "down", "status"])
-    args = parser.parse_args(argv)
+    parser.add_argument("command", choices=list(COMMANDS))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         cfg = InfraConfig.from_env()
     except ValueError as exc:
         print(f"infra: {exc}", file=sys.stderr)
         return 1
-    commands: dict[str, Callable[[InfraConfig], int]] = {
-        "up": cmd_up,
-        "down": cmd_down,
-        "status": cmd_status,
-    }
-    return commands[args.command](cfg)
+    return COMMANDS[args.command](cfg)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ from processors.store.readmodel import ReadModel, ReadModelUnavailable
 log = logging.getLogger(__name__)
 
 WEBHOOKS = Counter(
-    "msgstatus_gateway_requests_total", "Webhook requests by provider and answer", ["provider", "code"]
+    "msgstatus_gateway_requests_total",
+    "Webhook requests by provider and answer",
+    ["provider", "code"],
 )
 LATENCY = Histogram(
     "msgstatus_gateway_latency_seconds",
@@ -64,15 +66,29 @@ async def json_errors(request: web.Request, handler: Callable[..., Awaitable[web
 def public_url(request: web.Request, settings: Settings) -> str:
     """The URL the provider called; behind a proxy only MSGSTATUS_PUBLIC_URL knows it."""
     if settings.public_url:
-        return settings.public_url.rstrip("/") + request.rel_url.path_qs
+        # raw_path_qs: the path and query exactly as sent (percent-encoding kept), since
+        # that is what the provider signed; path_qs would decode %20, %2B, %2F, ...
+        return settings.public_url.rstrip("/") + request.rel_url.raw_path_qs
     return str(request.url)
 
 
 def framing_ok(provider: Provider, body: bytes, content_type: str) -> str | None:
-    """None when the body decodes as the provider's framing, else why not."""
-    if content_type == "application/x-www-form-urlencoded" or provider.FRAMING == "form":
+    """None when the body decodes as the framing its content type declares, else why not.
+
+    The declared content type wins over the provider's usual framing: Twilio's JSON
+    webhooks (application/json, bound by bodySHA256) are JSON, not a form.
+    """
+    if content_type == "application/json" or content_type.endswith("+json"):
+        form = False
+    elif content_type == "application/x-www-form-urlencoded":
+        form = True
+    else:
+        form = provider.FRAMING == "form"
+    if form:
         try:
-            urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True)
+            urllib.parse.parse_qsl(
+                body.decode("utf-8"), keep_blank_values=True, strict_parsing=True
+            )
         except (UnicodeDecodeError, ValueError):
             return "body is not a valid application/x-www-form-urlencoded form"
         return None
@@ -83,6 +99,22 @@ def framing_ok(provider: Provider, body: bytes, content_type: str) -> str | None
     return None
 
 
+async def read_limited(request: web.Request, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it exceeds `limit` bytes.
+
+    `StreamReader.read(n)` returns what is buffered (one TCP segment or chunk), not n
+    bytes, so a body arriving in pieces must be read in a loop until EOF.
+    """
+    body = bytearray()
+    while True:
+        piece = await request.content.read(limit + 1 - len(body))
+        if not piece:
+            return bytes(body)
+        body += piece
+        if len(body) > limit:
+            return None
+
+
 class Gateway:
     def __init__(self, settings: Settings, sink: RawSink, read_model: ReadModel | None = None):
         self.settings = settings
@@ -90,7 +122,9 @@ class Gateway:
         self.read_model = read_model
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[json_errors], client_max_size=self.settings.max_body_bytes + 1)
+        app = web.Application(
+            middlewares=[json_errors], client_max_size=self.settings.max_body_bytes + 1
+        )
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
@@ -150,8 +184,8 @@ class Gateway:
                 f"content type {content_type or '(none)'!r} not accepted; "
                 f"expected one of {', '.join(provider.CONTENT_TYPES)}",
             )
-        body = await request.content.read(limit + 1)
-        if len(body) > limit:
+        body = await read_limited(request, limit)
+        if body is None:
             return error(413, f"body larger than {limit} bytes")
         webhook = WebhookRequest(
             provider=name,
@@ -167,9 +201,7 @@ class Gateway:
         problem = framing_ok(provider, body, content_type)
         if problem:
             return error(400, problem)
-        record = raw.encode(
-            self.settings.topic(f"raw.{name}"), webhook, provider.SIGNATURE_HEADERS
-        )
+        record = raw.encode(self.settings.topic(f"raw.{name}"), webhook, provider.SIGNATURE_HEADERS)
         try:
             await self.sink.publish(record)
         except KafkaUnavailable as exc:
@@ -181,7 +213,9 @@ class Gateway:
             )
         return ok({"status": "accepted"})
 
-    def _verified(self, provider: Provider, webhook: WebhookRequest) -> WebhookRequest | web.Response:
+    def _verified(
+        self, provider: Provider, webhook: WebhookRequest
+    ) -> WebhookRequest | web.Response:
         try:
             provider.verify(webhook, self.settings)
         except SignatureError as exc:

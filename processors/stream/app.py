@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -69,19 +70,46 @@ class PartitionClock:
         return wall
 
 
-def _raw_table(app: faust.App, name: str, partitions: int) -> Any:
-    """Values are our own orjson bytes: Faust's json codec would only wrap them again."""
-    table = app.Table(name, key_type=str, value_type=bytes, partitions=partitions)
-    table.key_serializer = "raw"
-    table.value_serializer = "raw"
-    return table
+class RawTable(MutableMapping[str, bytes]):
+    """A Faust table of raw bytes keys and values, addressed with str keys.
+
+    `key_type=bytes` is what makes Faust use the raw codec end to end (store, changelog
+    and recovery); this adapter keeps the `.encode()` out of the pure logic.
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def __getitem__(self, key: str) -> bytes:
+        return self.table[key.encode()]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.table.get(key.encode(), default)
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self.table[key.encode()] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.table[key.encode()]
+
+    def __iter__(self) -> Iterator[str]:  # walks every key: for tools, never hot paths
+        return (k.decode() for k in self.table)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
+def _raw_table(app: faust.App, name: str, partitions: int) -> RawTable:
+    return RawTable(app.Table(name, key_type=bytes, value_type=bytes, partitions=partitions))
 
 
 def build(settings: Settings, read_model: ReadModel | None = None, check_interval: float | None = None) -> faust.App:
-    datadir = Path(settings.data_dir) / "faust"
+    app_id = f"{settings.topic_prefix}{settings.app_id}"
+    # Faust names RocksDB files by table only: keep each app's state apart.
+    datadir = Path(settings.data_dir) / "faust" / app_id
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        f"{settings.topic_prefix}{settings.app_id}",
+        app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="rocksdb://",
         datadir=str(datadir),
@@ -90,6 +118,8 @@ def build(settings: Settings, read_model: ReadModel | None = None, check_interva
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=max(0.5, settings.session_timeout / 10),
         web_enabled=False,
         autodiscover=False,
         table_standby_replicas=0,

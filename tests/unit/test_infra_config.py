@@ -313,3 +313,44 @@ def test_parallel_jar_fetches_share_one_download(fake_mvn: Path) -> None:
     assert all(proc.returncode == 0 for proc in procs)
     assert outputs == {str(local_infra.kafka_cache_dir() / "libs")}
     assert fake_mvn.read_text().count("run") == 1
+
+
+# --------------------------------------------------------------------------- CLI parsing
+
+
+def test_cli_parses_every_command_and_rejects_others(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = local_infra.build_parser()
+    for command in ("up", "down", "status", "prepare"):
+        assert parser.parse_args([command]).command == command
+    assert set(local_infra.COMMANDS) == {"up", "down", "status", "prepare"}
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["start"])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_prepare_fetches_checks_installs_and_starts_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(local_infra, "ensure_kafka_jars", lambda: calls.append("jars") or tmp_path)
+    monkeypatch.setattr(local_infra, "ensure_java", lambda: calls.append("java") or "/bin/java")
+    monkeypatch.setattr(
+        local_infra, "ensure_redis_server", lambda: calls.append("redis") or "/bin/redis-server"
+    )
+
+    def no_start(self: object) -> None:
+        raise AssertionError("prepare must not start anything")
+
+    monkeypatch.setattr(local_infra._ManagedProcess, "start", no_start)
+    cfg = local_infra.InfraConfig.from_env({"MSGSTATUS_INFRA_DIR": str(tmp_path)})
+    assert local_infra.cmd_prepare(cfg) == 0
+    assert calls == ["jars", "java", "redis"]
+    assert "nothing started" in capsys.readouterr().out
+
+    def missing() -> str:
+        raise RuntimeError("'java' (17+) is needed")
+
+    monkeypatch.setattr(local_infra, "ensure_java", missing)
+    assert local_infra.cmd_prepare(cfg) == 1
+    assert "infra prepare failed: 'java' (17+) is needed" in capsys.readouterr().err
