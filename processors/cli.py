@@ -138,10 +138,21 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_providers(settings: Settings, args: argparse.Namespace) -> int:
-    for name, module in sorted(providers.REGISTRY.items()):
-        state = "enabled" if module.enabled(settings) else "disabled"
-        print(f"{name:<12} {state:<9} {', '.join(module.CONTENT_TYPES)}")
+    from processors.providers import coverage
+
+    registry = providers.REGISTRY
+    if args.markdown:
+        sys.stdout.write(coverage.markdown(registry))
+    else:
+        enabled = {name: module.enabled(settings) for name, module in registry.items()}
+        sys.stdout.write(coverage.text(registry, enabled))
     return 0
+
+
+def cmd_poller(settings: Settings, args: argparse.Namespace) -> int:
+    from processors.ingest.pollers.runner import run
+
+    return run(settings)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -155,7 +166,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="print the CloudEvents as JSON lines")
     s = sub.add_parser("status", help="show one message from the read model")
     s.add_argument("message_key")
-    sub.add_parser("providers", help="list providers and whether they are enabled")
+    pv = sub.add_parser("providers", help="coverage table: channels, statuses, signatures")
+    pv.add_argument("--markdown", action="store_true", help="print it as a Markdown table")
+    sub.add_parser("poller", help="poll poll-only providers (RyzeAPI, Octopods) for statuses")
     d = sub.add_parser("demo", help="send signed demo webhooks to a running gateway")
     d.add_argument("--messages", type=int, default=300)
     d.add_argument("--url", default=None, help="gateway base URL (default from MSGSTATUS_HTTP_*)")
@@ -172,6 +185,7 @@ COMMANDS = {
     "tail": cmd_tail,
     "status": cmd_status,
     "providers": cmd_providers,
+    "poller": cmd_poller,
 }
 
 

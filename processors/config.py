@@ -1,14 +1,19 @@
 """Every setting, read from the environment in one place (DESIGN.md section 4).
 
 Components receive a `Settings` object instead of reading `os.environ` themselves, so
-tests can run several differently configured parts in one process.
+tests can run several differently configured parts in one process. A TOML file named by
+MSGSTATUS_CONFIG adds provider accounts (several Twilio auth tokens, several Meta apps);
+docs/configuration.md describes its format.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -35,6 +40,88 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
+# Provider names as they appear in `[[providers.<name>.accounts]]` and in secret names.
+_PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+_FIELD_NAME = re.compile(r"[a-z0-9_]{1,64}")
+
+Account = Mapping[str, str]
+
+
+def _toml_type(value: Any) -> str:
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }
+    return next((n for t, n in names.items() if isinstance(value, t)), type(value).__name__)
+
+
+def load_accounts(path: str) -> dict[str, tuple[Account, ...]]:
+    """`[[providers.<name>.accounts]]` tables of the TOML file at `path`, validated.
+
+    Every error is a ConfigError naming the file and the offending key; secret values are
+    never quoted in it.
+    """
+    try:
+        with open(path, "rb") as handle:
+            doc = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"MSGSTATUS_CONFIG={path}: cannot read it ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    unknown = sorted(set(doc) - {"providers"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key {unknown[0]!r} (expected [providers])")
+    section = doc.get("providers", {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: providers must be a table, got {_toml_type(section)}")
+    accounts: dict[str, tuple[Account, ...]] = {}
+    for provider, table in section.items():
+        where = f"providers.{provider}"
+        if not _PROVIDER_NAME.fullmatch(provider):
+            raise ConfigError(f"{path}: {where}: provider names are lower-case letters, digits, -")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {where} must be a table, got {_toml_type(table)}")
+        extra = sorted(set(table) - {"accounts"})
+        if extra:
+            raise ConfigError(f"{path}: {where}.{extra[0]} is unknown (expected accounts)")
+        items = table.get("accounts", [])
+        if not isinstance(items, list):
+            raise ConfigError(
+                f"{path}: {where}.accounts must be an array of tables ([[{where}.accounts]])"
+            )
+        parsed: list[Account] = []
+        names: set[str] = set()
+        for index, item in enumerate(items):
+            here = f"{where}.accounts[{index}]"
+            if not isinstance(item, dict):
+                raise ConfigError(f"{path}: {here} must be a table, got {_toml_type(item)}")
+            for key, value in item.items():
+                if not _FIELD_NAME.fullmatch(key):
+                    raise ConfigError(f"{path}: {here}.{key}: keys are lower_case_with_underscores")
+                if not isinstance(value, str) or not value.strip():
+                    raise ConfigError(
+                        f"{path}: {here}.{key} must be a non-empty string, got {_toml_type(value)}"
+                    )
+            name = item.get("name")
+            if name is not None:
+                if name in names:
+                    raise ConfigError(f"{path}: {here}.name {name!r} is used twice in {where}")
+                names.add(name)
+            parsed.append(dict(item))
+        accounts[provider] = tuple(parsed)
+    return accounts
+
+
+def _secret_field(name: str) -> tuple[str, str]:
+    """`TWILIO_AUTH_TOKEN` -> ("twilio", "auth_token"): provider, then its account key."""
+    provider, _, key = name.lower().partition("_")
+    return provider, key
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     kafka_bootstrap: str = "127.0.0.1:9092"
@@ -49,7 +136,6 @@ class Settings:
     max_body_bytes: int = 1_048_576
     delivery_unknown_after: float = 3600.0
     delivery_unknown_disabled: frozenset[str] = frozenset()
-    catchup_lag: float = 120.0
     session_timeout: float = 10.0
     api_token: str | None = None
     metrics_port: int = 6066
@@ -57,14 +143,39 @@ class Settings:
     produce_timeout: float = 5.0
     log_level: str = "WARNING"
     secrets: Mapping[str, str] = field(default_factory=dict)
+    # provider name -> its `[[providers.<name>.accounts]]` from the MSGSTATUS_CONFIG file
+    accounts: Mapping[str, tuple[Account, ...]] = field(default_factory=dict)
+    config_path: str | None = None
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 
     def secret(self, name: str) -> str | None:
-        """Provider secret `MSGSTATUS_<NAME>`; unset or empty means the provider is off."""
-        value = self.secrets.get(name.upper())
-        return value or None
+        """Provider secret `MSGSTATUS_<NAME>`, else the first account's value from the file.
+
+        Unset or empty everywhere means the provider is off.
+        """
+        found = self.secrets_for(name)
+        return found[0] if found else None
+
+    def secrets_for(self, name: str) -> list[str]:
+        """Every configured value of a provider secret: the environment's first, then each
+        account's from the config file (`TWILIO_AUTH_TOKEN` -> `auth_token` of every
+        `[[providers.twilio.accounts]]`), without repeats."""
+        values: list[str] = []
+        env_value = self.secrets.get(name.upper())
+        if env_value:
+            values.append(env_value)
+        provider, key = _secret_field(name)
+        for account in self.accounts.get(provider, ()):
+            value = account.get(key)
+            if value and value not in values:
+                values.append(value)
+        return values
+
+    def provider_accounts(self, provider: str) -> tuple[Account, ...]:
+        """The provider's accounts from the config file (empty without a file)."""
+        return tuple(self.accounts.get(provider, ()))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -73,6 +184,7 @@ class Settings:
         backend = env.get("MSGSTATUS_STATE_BACKEND", "rocksdb")
         if backend not in ("rocksdb", "redis"):
             raise ConfigError(f"MSGSTATUS_STATE_BACKEND must be rocksdb or redis, got {backend!r}")
+        config_path = env.get("MSGSTATUS_CONFIG") or None
         secrets = {
             key[len("MSGSTATUS_") :]: value
             for key, value in env.items()
@@ -97,7 +209,6 @@ class Settings:
                 for part in env.get("MSGSTATUS_DELIVERY_UNKNOWN_DISABLED", "").split(",")
                 if part.strip()
             ),
-            catchup_lag=_float(env, "MSGSTATUS_CATCHUP_LAG", d.catchup_lag),
             session_timeout=_float(env, "MSGSTATUS_SESSION_TIMEOUT", d.session_timeout),
             api_token=env.get("MSGSTATUS_API_TOKEN") or None,
             metrics_port=_int(env, "MSGSTATUS_METRICS_PORT", d.metrics_port),
@@ -105,6 +216,8 @@ class Settings:
             produce_timeout=_float(env, "MSGSTATUS_PRODUCE_TIMEOUT", d.produce_timeout),
             log_level=env.get("MSGSTATUS_LOG_LEVEL", d.log_level).upper(),
             secrets=secrets,
+            accounts=load_accounts(config_path) if config_path else {},
+            config_path=config_path,
         )
         if settings.partitions < 1:
             raise ConfigError("MSGSTATUS_PARTITIONS must be at least 1")

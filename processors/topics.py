@@ -22,6 +22,9 @@ CANONICAL = "status.canonical"
 TRANSITIONS = "status.transitions"
 STATUS = "message.status"
 DEADLETTER = "status.deadletter"
+# Messenger watermarks and the outbound messages they cover, keyed by conversation
+# (processors/stream/watermarks.py).
+CONVERSATIONS = "status.conversations"
 
 
 def raw_topic(settings: Settings, provider: str) -> str:
@@ -36,6 +39,7 @@ def partition_for(key: str, partitions: int) -> int:
 def all_topics(settings: Settings, providers: Iterable[str]) -> list[str]:
     names = [raw_topic(settings, p) for p in providers]
     names += [settings.topic(t) for t in (CANONICAL, TRANSITIONS, STATUS, DEADLETTER)]
+    names.append(settings.topic(CONVERSATIONS))
     return names
 
 

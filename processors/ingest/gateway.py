@@ -21,6 +21,7 @@ from processors import providers
 from processors.config import Settings
 from processors.ingest import raw
 from processors.ingest.producer import KafkaUnavailable, RawSink
+from processors.providers import ses
 from processors.providers.base import FramingError, Provider, SignatureError, WebhookRequest
 from processors.store.readmodel import ReadModel, ReadModelUnavailable
 
@@ -211,6 +212,11 @@ class Gateway:
                 "event store unavailable, retry later",
                 **{"Retry-After": RETRY_AFTER_SECONDS},
             )
+        # SES via SNS: a verified, stored SubscriptionConfirmation is confirmed by a GET of
+        # its SubscribeURL (allow-listed SNS hosts only, 5 s timeout), scheduled in the
+        # background so the answer is not delayed; MSGSTATUS_SES_AUTO_CONFIRM=0 disables it.
+        if name == ses.NAME:
+            ses.schedule_confirmation(webhook, self.settings)
         return ok({"status": "accepted"})
 
     def _verified(

@@ -10,6 +10,13 @@ from __future__ import annotations
 from types import ModuleType
 
 from processors.providers import events, meta, ryze, twilio  # noqa: F401  (one per provider)
+
+# email and LINE providers (a line of their own: parallel edits stay merge-free)
+from processors.providers import line, mailgun, sendgrid, ses  # noqa: F401  # isort: skip
+
+# SMS, WhatsApp-partner and TikTok providers (a line of their own, same reason)
+from processors.providers import bandwidth, dialog360, infobip, octopods  # noqa: F401  # isort: skip
+from processors.providers import plivo, sinch, smpp, tiktok, tracksend, vonage  # noqa: F401  # isort: skip
 from processors.providers.base import Provider
 
 _REQUIRED = ("NAME", "CONTENT_TYPES", "FRAMING", "SIGNATURE_HEADERS", "enabled", "verify", "parse")

@@ -56,11 +56,75 @@ class DeadItem:
     item: Any = None
 
 
+@dataclass(slots=True, frozen=True)
+class Watermark:
+    """A receipt covering every earlier outbound message of a conversation (Messenger).
+
+    `conversation` is "<page_id>:<user_psid>"; `kind` is "delivered" or "read"; the
+    stream expands it against the messages registered for that conversation
+    (processors/stream/watermarks.py).
+    """
+
+    conversation: str
+    kind: str
+    watermark_ms: int
+    observed_at: float
+    occurred_at: float | None = None
+    account: str | None = None
+    provider: str = "meta"
+    channel: str = "messenger"
+    polled: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "conversation": self.conversation,
+            "kind": self.kind,
+            "watermark_ms": self.watermark_ms,
+            "observed_at": self.observed_at,
+            "occurred_at": self.occurred_at,
+            "account": self.account,
+            "provider": self.provider,
+            "channel": self.channel,
+            "polled": self.polled,
+        }
+
+
+@dataclass(slots=True, frozen=True)
+class Registration:
+    """An outbound message of a conversation, so later watermarks can cover it.
+
+    `withdrawn` takes a message out of the index again (it failed at send time: a
+    watermark must not turn that failure into a delivery).
+    """
+
+    conversation: str
+    provider: str
+    provider_message_id: str
+    sent_at_ms: int
+    account: str | None = None
+    channel: str = "messenger"
+    withdrawn: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "conversation": self.conversation,
+            "provider": self.provider,
+            "provider_message_id": self.provider_message_id,
+            "sent_at_ms": self.sent_at_ms,
+            "account": self.account,
+            "channel": self.channel,
+            "withdrawn": self.withdrawn,
+        }
+
+
 @dataclass(slots=True)
 class ParseResult:
     events: list[CanonicalEvent] = field(default_factory=list)
     dead: list[DeadItem] = field(default_factory=list)
     ignored: int = 0  # known but deliberately not statuses (inbound messages, account errors)
+    # Conversation-scoped facts for the conversation agent (Messenger watermarks).
+    watermarks: list[Watermark] = field(default_factory=list)
+    registrations: list[Registration] = field(default_factory=list)
 
 
 class Provider(Protocol):

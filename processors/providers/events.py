@@ -17,12 +17,21 @@ from collections.abc import Mapping
 from typing import Any
 
 from processors.config import Settings
-from processors.model import CHANNELS, ERROR_CATEGORIES, STATUSES, CanonicalEvent, ErrorInfo
+from processors.model import (
+    CHANNELS,
+    ERROR_CATEGORIES,
+    FAILURES,
+    RANK,
+    STATUSES,
+    CanonicalEvent,
+    ErrorInfo,
+)
 from processors.providers import common
 from processors.providers.base import (
     DeadItem,
     FramingError,
     ParseResult,
+    Registration,
     SignatureError,
     WebhookRequest,
     constant_time_equal,
@@ -198,6 +207,9 @@ def _event(item: Any, request: WebhookRequest) -> CanonicalEvent | str:
     provider_status, reason = _optional_text(item, "provider_status")
     if reason:
         return reason
+    reason = _conversation_problem(item, channel)
+    if reason:
+        return reason
     return CanonicalEvent(
         provider=provider,
         provider_message_id=message_id,
@@ -209,6 +221,43 @@ def _event(item: Any, request: WebhookRequest) -> CanonicalEvent | str:
         account=account,
         error=error,
         polled=request.polled,
+    )
+
+
+# --- Messenger conversations (watermark expansion, processors/stream/watermarks.py) -----
+
+CONVERSATION_RE = re.compile(r"[^:\s]{1,128}:[^:\s]{1,128}")
+CONVERSATION_CHANNELS = frozenset({"messenger"})
+
+
+def _conversation_problem(item: Mapping[str, Any], channel: str) -> str | None:
+    """Why the optional `conversation` ("<page_id>:<user_psid>") is unusable, or None."""
+    value = item.get("conversation")
+    if value is None:
+        return None
+    if channel not in CONVERSATION_CHANNELS:
+        return "conversation is only meaningful for channel messenger"
+    if not isinstance(value, str) or not CONVERSATION_RE.fullmatch(value):
+        return "conversation must look like <page_id>:<user_psid>"
+    return None
+
+
+def _registration(item: Mapping[str, Any], event: CanonicalEvent) -> Registration | None:
+    """An outbound Messenger message reported with its conversation joins the index that
+    watermarks expand over; a send-time failure leaves it (no watermark may deliver it)."""
+    conversation = item.get("conversation")
+    if not isinstance(conversation, str):
+        return None
+    if event.status not in RANK and event.status not in FAILURES:
+        return None  # engagement and inbound events say nothing about the index
+    return Registration(
+        conversation=conversation,
+        provider=event.provider,
+        provider_message_id=event.provider_message_id,
+        sent_at_ms=round(event.event_time * 1000),
+        account=event.account,
+        channel=event.channel,
+        withdrawn=event.status in FAILURES,
     )
 
 
@@ -230,6 +279,9 @@ def parse(request: WebhookRequest) -> ParseResult:
             result.dead.append(DeadItem(outcome, item))
         else:
             result.events.append(outcome)
+            registration = _registration(item, outcome)
+            if registration is not None:
+                result.registrations.append(registration)
 
     common.each(result, batch, one)
     return result

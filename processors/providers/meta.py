@@ -1,4 +1,4 @@
-"""Meta webhooks: WhatsApp Cloud API statuses, and minimal Messenger / Instagram receipts.
+"""Meta webhooks: WhatsApp Cloud API statuses, Messenger and Instagram receipts.
 
 One POST may batch many statuses of many messages, mixed with inbound messages and
 account-level errors. Each status becomes its own event; what is not a status is counted
@@ -18,9 +18,10 @@ from processors.providers.base import (
     DeadItem,
     FramingError,
     ParseResult,
+    Registration,
     SignatureError,
+    Watermark,
     WebhookRequest,
-    constant_time_equal,
 )
 
 NAME = "meta"
@@ -61,7 +62,8 @@ ERROR_CODES: dict[str, tuple[str, str]] = dict(
     )
 )
 
-WATERMARK_UNSUPPORTED = "messenger watermark expansion not supported yet"
+# A receipt that names no message and cannot be tied to a conversation.
+WATERMARK_WITHOUT_CONVERSATION = "receipt without mids and without a usable watermark/conversation"
 _MESSAGING_CHANNELS = {"page": "messenger", "instagram": "instagram"}
 
 
@@ -79,8 +81,8 @@ def calculate_signature(app_secret: str, body: bytes) -> str:
 
 def verify(request: WebhookRequest, settings: Settings) -> None:
     """Check X-Hub-Signature-256 over the exact bytes; raises SignatureError only."""
-    secret = settings.secret(SECRET)
-    if secret is None:
+    secrets = settings.secrets_for(SECRET)  # env first, then every configured app
+    if not secrets:
         raise SignatureError("meta is not configured (MSGSTATUS_META_APP_SECRET unset)")
     given = request.header("x-hub-signature-256")
     if not given:
@@ -88,8 +90,8 @@ def verify(request: WebhookRequest, settings: Settings) -> None:
     algorithm, sep, digest = given.strip().partition("=")
     if not sep or algorithm.lower() != "sha256":
         raise SignatureError("X-Hub-Signature-256 must look like sha256=<hex>")
-    expected = calculate_signature(secret, request.body)
-    if not constant_time_equal(expected, "sha256=" + digest.lower()):
+    expected = [calculate_signature(secret, request.body) for secret in secrets]
+    if not common.any_equal(expected, "sha256=" + digest.strip().lower()):
         raise SignatureError("X-Hub-Signature-256 does not match")
 
 
@@ -108,13 +110,12 @@ def handshake(query: Mapping[str, str], settings: Settings) -> str | None:
     Only when hub.mode is "subscribe" and hub.verify_token equals
     MSGSTATUS_META_VERIFY_TOKEN (constant-time); unset token means never.
     """
-    expected = settings.secret(VERIFY_TOKEN)
-    if expected is None or query.get("hub.mode") != "subscribe":
+    expected = settings.secrets_for(VERIFY_TOKEN)
+    if not expected or query.get("hub.mode") != "subscribe":
         return None
     challenge = query.get("hub.challenge")
-    if not challenge:
-        return None
-    if not constant_time_equal(expected, query.get("hub.verify_token")):
+    given = query.get("hub.verify_token")
+    if not challenge or not given or not common.any_equal(expected, given):
         return None
     return challenge
 
@@ -136,7 +137,7 @@ def _whatsapp_error(status: Mapping[str, Any]) -> ErrorInfo | None:
 
 
 def _whatsapp_change(
-    result: ParseResult, value: Mapping[str, Any], request: WebhookRequest
+    result: ParseResult, value: Mapping[str, Any], request: WebhookRequest, provider: str = NAME
 ) -> None:
     account = common.text(common.mapping(value.get("metadata")).get("phone_number_id"))
     # Inbound messages and account-level errors share the webhook but change no status.
@@ -168,7 +169,7 @@ def _whatsapp_change(
             error = ErrorInfo(code=None, category="unknown")
         result.events.append(
             CanonicalEvent(
-                provider=NAME,
+                provider=provider,
                 provider_message_id=wamid,
                 status=status,
                 provider_status=word,
@@ -184,7 +185,9 @@ def _whatsapp_change(
     common.each(result, common.items(value.get("statuses")), one)
 
 
-def _whatsapp(result: ParseResult, entries: list[Any], request: WebhookRequest) -> None:
+def _whatsapp(
+    result: ParseResult, entries: list[Any], request: WebhookRequest, provider: str = NAME
+) -> None:
     def entry_changes(entry: Any) -> None:
         for change in common.items(common.mapping(entry).get("changes")):
             change_obj = common.mapping(change)
@@ -192,15 +195,52 @@ def _whatsapp(result: ParseResult, entries: list[Any], request: WebhookRequest) 
             if change_obj.get("field", "messages") != "messages" or not value:
                 result.ignored += 1  # template/account/quality updates: not message statuses
                 continue
-            _whatsapp_change(result, value, request)
+            _whatsapp_change(result, value, request, provider)
 
     common.each(result, entries, entry_changes)
+
+
+# Reused by providers that forward WhatsApp's shapes (360dialog): same words, same errors.
+def whatsapp_entries(
+    result: ParseResult, entries: list[Any], request: WebhookRequest, *, provider: str = NAME
+) -> None:
+    """Cloud API `entry[].changes[].value` -> one event per status, under `provider`'s name."""
+    _whatsapp(result, entries, request, provider)
+
+
+def whatsapp_value(
+    result: ParseResult, value: Mapping[str, Any], request: WebhookRequest, *, provider: str = NAME
+) -> None:
+    """One `value` object (`statuses`, `messages`, `errors`, optional `metadata`): this is
+    also the whole body of the older on-premise API's webhooks."""
+    _whatsapp_change(result, value, request, provider)
+
+
+def _conversation(page: str | None, user: str | None) -> str | None:
+    """`<page_id>:<user_psid>`, the key of a Messenger conversation's watermark index."""
+    if not page or not user or ":" in page or ":" in user:
+        return None
+    return f"{page}:{user}"
+
+
+def _epoch_ms(value: Any) -> int | None:
+    """A Messenger time (ms; seconds tolerated) as integer epoch milliseconds."""
+    seconds = common.event_time(value)
+    return None if seconds is None else round(seconds * 1000)
 
 
 def _messaging(
     result: ParseResult, entries: list[Any], request: WebhookRequest, channel: str
 ) -> None:
-    """Messenger (`page`) and Instagram: per-mid receipts; watermarks are dead-lettered."""
+    """Messenger (`page`) and Instagram receipts, echoes and watermarks.
+
+    Per-mid receipts become events. A Messenger `delivery.watermark` / `read.watermark`
+    (ms) covers every earlier outbound message to that user: it becomes a Watermark for
+    conversation `<page_id>:<user_psid>`, and each echo (our own outbound message) a
+    Registration in that conversation's index, so the stream can expand one against the
+    other (processors/stream/watermarks.py). Instagram has no watermarks (`read: {mid}`).
+    """
+    messenger = channel == "messenger"
 
     def event(mid: str, status: str, word: str, account: str | None, at: Any) -> None:
         result.events.append(
@@ -217,6 +257,27 @@ def _messaging(
             )
         )
 
+    def watermark(kind: str, value: Any, conversation: str | None, account: str | None,
+                  at: Any) -> bool:
+        """Record a Messenger watermark; False when there is none to record."""
+        mark = _epoch_ms(value)
+        if not messenger or mark is None or conversation is None:
+            return False
+        result.watermarks.append(
+            Watermark(
+                conversation=conversation,
+                kind=kind,
+                watermark_ms=mark,
+                observed_at=request.received_at,
+                occurred_at=common.event_time(at),
+                account=account,
+                provider=NAME,
+                channel=channel,
+                polled=request.polled,
+            )
+        )
+        return True
+
     def entry_messaging(entry: Any) -> None:
         entry_obj = common.mapping(entry)
         account = common.text(entry_obj.get("id"))
@@ -227,29 +288,51 @@ def _messaging(
                 result.dead.append(DeadItem("messaging item is not an object", item))
                 return
             at = msg.get("timestamp")
-            if "delivery" in msg:
+            sender = common.text(common.mapping(msg.get("sender")).get("id"))
+            recipient = common.text(common.mapping(msg.get("recipient")).get("id"))
+            if "delivery" in msg:  # the user's device got our messages: user -> page
                 delivery = common.mapping(msg.get("delivery"))
                 mids = [common.text(mid, max_len=256) for mid in common.items(delivery.get("mids"))]
-                if not any(mids):
-                    result.dead.append(DeadItem(WATERMARK_UNSUPPORTED, item))
-                    return
                 for mid in mids:
                     if mid is None:
                         result.dead.append(DeadItem("delivery mid is not a string", item))
                     else:
                         event(mid, "delivered", "delivery", account, at)
+                conversation = _conversation(recipient or account, sender)
+                covered = watermark("delivered", delivery.get("watermark"), conversation,
+                                    account, at)
+                if not covered and not any(mids):
+                    result.dead.append(DeadItem(WATERMARK_WITHOUT_CONVERSATION, item))
             elif "read" in msg:
-                mid = common.text(common.mapping(msg.get("read")).get("mid"), max_len=256)
-                if mid is None:
-                    result.dead.append(DeadItem(WATERMARK_UNSUPPORTED, item))
-                    return
-                event(mid, "read", "read", account, at)
+                read = common.mapping(msg.get("read"))
+                mid = common.text(read.get("mid"), max_len=256)
+                if mid is not None:
+                    event(mid, "read", "read", account, at)  # Instagram: one message seen
+                conversation = _conversation(recipient or account, sender)
+                covered = watermark("read", read.get("watermark"), conversation, account, at)
+                if not covered and mid is None:
+                    result.dead.append(DeadItem(WATERMARK_WITHOUT_CONVERSATION, item))
             elif common.mapping(msg.get("message")).get("is_echo") is True:
                 mid = common.text(common.mapping(msg.get("message")).get("mid"), max_len=256)
                 if mid is None:
                     result.dead.append(DeadItem("message echo without a mid", item))
                     return
                 event(mid, "sent", "echo", account, at)  # our own outbound message, sent
+                conversation = _conversation(sender or account, recipient)  # page -> user
+                if messenger and conversation is not None:
+                    sent_at = _epoch_ms(at)
+                    result.registrations.append(
+                        Registration(
+                            conversation=conversation,
+                            provider=NAME,
+                            provider_message_id=mid,
+                            sent_at_ms=sent_at
+                            if sent_at is not None
+                            else round(request.received_at * 1000),
+                            account=account,
+                            channel=channel,
+                        )
+                    )
             else:
                 result.ignored += 1  # inbound messages, postbacks, reactions, referrals ...
 

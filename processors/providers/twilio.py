@@ -139,10 +139,26 @@ def _query_param(url: str, name: str) -> str | None:
     return values[0] if values else None
 
 
+def auth_tokens(settings: Settings, account_sid: str | None) -> list[str]:
+    """Auth tokens to try: those of the config-file accounts whose `account_sid` is the
+    callback's AccountSid when any is, else every configured token (env first)."""
+    if account_sid:
+        matching = [
+            account["auth_token"]
+            for account in settings.provider_accounts(NAME)
+            if account.get("account_sid") == account_sid and account.get("auth_token")
+        ]
+        if matching:
+            return list(dict.fromkeys(matching))
+    return settings.secrets_for(SECRET)
+
+
 def verify(request: WebhookRequest, settings: Settings) -> None:
-    """Check X-Twilio-Signature; raises SignatureError only (the reason never has MACs)."""
-    token = settings.secret(SECRET)
-    if token is None:
+    """Check X-Twilio-Signature; raises SignatureError only (the reason never has MACs).
+
+    With several accounts configured every candidate token is compared in constant time.
+    """
+    if not settings.secrets_for(SECRET):
         raise SignatureError("twilio is not configured (MSGSTATUS_TWILIO_AUTH_TOKEN unset)")
     signature = request.header("x-twilio-signature")
     if not signature:
@@ -160,7 +176,12 @@ def verify(request: WebhookRequest, settings: Settings) -> None:
             params = common.load_form(request.body)
         except FramingError:
             raise SignatureError("cannot verify: body is not a form") from None
-    candidates = [calculate_signature(token, url, params) for url in url_variants(request.url)]
+    sid = dict(params).get("AccountSid") if params else None
+    candidates = [
+        calculate_signature(token, url, params)
+        for token in auth_tokens(settings, sid)
+        for url in url_variants(request.url)
+    ]
     if not common.any_equal(candidates, signature.strip()):
         raise SignatureError("X-Twilio-Signature does not match")
 

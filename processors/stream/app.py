@@ -16,6 +16,7 @@ from typing import Any
 
 import faust
 import orjson
+from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from processors import providers
@@ -25,13 +26,55 @@ from processors.stream import deadlines, metrics
 from processors.stream.emission import Emitter, Policy
 from processors.stream.normalize import normalize
 from processors.stream.ordering import order_record
-from processors.topics import CANONICAL, DEADLETTER, STATUS, TRANSITIONS, raw_topic
+from processors.stream.watermarks import expand_record
+from processors.topics import (
+    CANONICAL,
+    CONVERSATIONS,
+    DEADLETTER,
+    STATUS,
+    TRANSITIONS,
+    partition_for,
+    raw_topic,
+)
 
 log = logging.getLogger(__name__)
 
 # Faust enables idempotence only inside transactions; we run at-least-once and want
 # acks=all writes that cannot be duplicated or reordered by producer retries.
 faust_aiokafka.Producer._settings_extra = lambda self: {"enable_idempotence": True}  # type: ignore[method-assign]
+
+
+
+class _NoReadOffsets(dict):
+    """Disables Faust's fetch-side read-offset filter (faust-streaming 0.15.x).
+
+    After a rebalance Faust seeks to the committed offset, but a fetch of the old
+    generation that is still in flight then overwrites the read offset; the refetched
+    records below it are silently dropped as "already read", and the gap logic even acks
+    some of them. We saw records committed that no agent ever processed (tests/integration/
+    test_worker_crash.py). Our topics have no transactions or compaction, so there are no
+    real gaps, and every agent is idempotent, so delivering a record twice is harmless.
+    """
+
+    def __getitem__(self, key: Any) -> None:
+        return None
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+_original_consumer_init = faust_consumer.Consumer.__init__
+
+
+def _consumer_init(self: Any, *args: Any, **kwargs: Any) -> None:
+    _original_consumer_init(self, *args, **kwargs)
+    self._read_offset = _NoReadOffsets()
+
+
+faust_consumer.Consumer.__init__ = _consumer_init  # type: ignore[method-assign]
 
 NOISY_LOGGERS = ("faust", "mode", "aiokafka", "kafka", "rocksdict", "asyncio")
 
@@ -44,30 +87,42 @@ def quiet_logging(level: str) -> None:
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
 
 
-class PartitionClock:
-    """Per partition: how far the emitter's input is behind in event time.
+class Watermark:
+    """How far in receive time every upstream input of this worker is known complete.
 
-    A check carries `now`: wall-clock time when the partition is live, the stream's own
-    event time while it works through a backlog or replay (issue: replays must not fire
-    delivery_unknown for messages whose delivered comes later in the same log).
+    A deadline may fire only when nothing received before it can still be on its way.
+    For each raw and canonical partition this worker reads, it remembers the offset and
+    receive time (`observed_at`) of the last record processed; a partition that still has
+    unread records holds the watermark at that receive time, and one whose end is not
+    known yet (start-up, table recovery) holds every check back. So a `delivered` that
+    waits upstream (a restart, a backlog, a replay of last week's log, raw partitions
+    read at different speeds) is never overtaken by its own `delivery_unknown`; live,
+    the watermark is the wall clock.
     """
 
-    def __init__(self, catchup_lag: float) -> None:
-        self.catchup_lag = catchup_lag
-        self._event_time: dict[int, float] = {}
-        self._processed_at: dict[int, float] = {}
+    def __init__(self) -> None:
+        self._done: dict[Any, tuple[int, float]] = {}  # tp -> (offset, observed_at)
 
-    def saw(self, partition: int, event_time: float, wall: float) -> None:
-        if event_time > self._event_time.get(partition, 0.0):
-            self._event_time[partition] = event_time
-        self._processed_at[partition] = wall
+    def processed(self, tp: Any, offset: int, observed_at: float | None) -> None:
+        if observed_at is None:
+            previous = self._done.get(tp)
+            observed_at = previous[1] if previous else 0.0
+        self._done[tp] = (offset, observed_at)
 
-    def now_for(self, partition: int, wall: float) -> float:
-        busy = wall - self._processed_at.get(partition, 0.0) < 5.0
-        watermark = self._event_time.get(partition)
-        if busy and watermark is not None and wall - watermark > self.catchup_lag:
-            return watermark
-        return wall
+    def now(self, wall: float, inputs: list[tuple[Any, int | None, int | None]]) -> float | None:
+        """`inputs`: (tp, end offset, committed offset) per upstream partition."""
+        low = wall
+        for tp, end, committed in inputs:
+            if end is None:
+                return None
+            done = self._done.get(tp)
+            position = max(done[0] + 1 if done else 0, committed or 0)
+            if position >= end:
+                continue
+            if done is None:
+                return None
+            low = min(low, done[1])
+        return low
 
 
 class RawTable(MutableMapping[str, bytes]):
@@ -97,6 +152,14 @@ class RawTable(MutableMapping[str, bytes]):
 
     def __len__(self) -> int:
         return len(self.table)
+
+
+def _end_offset(app: faust.App, tp: Any) -> int | None:
+    """The partition's end as last fetched; None while unknown (e.g. mid-rebalance)."""
+    try:
+        return app.consumer.highwater(tp)
+    except Exception:
+        return None
 
 
 def _raw_table(app: faust.App, name: str, partitions: int) -> RawTable:
@@ -133,19 +196,59 @@ def build(settings: Settings, read_model: ReadModel | None = None, check_interva
     deadletter = app.topic(settings.topic(DEADLETTER), value_type=bytes, value_serializer="raw", key_serializer="raw")
     ordering_table = _raw_table(app, "ordering", settings.partitions)
     emitter_table = _raw_table(app, "emitter", settings.partitions)
-    clock = PartitionClock(catchup_lag=settings.catchup_lag)
+    watermark = Watermark()
     policy = Policy(after=settings.delivery_unknown_after, disabled=settings.delivery_unknown_disabled)
     emitter = Emitter(emitter_table, policy)
     read_model_queue: asyncio.Queue[tuple[list, list]] = asyncio.Queue(maxsize=10_000)
+
+    # --- Messenger watermarks (processors/stream/watermarks.py) ------------------------
+    # The conversation agent, keyed by conversation with its own table, expands each
+    # watermark over the outbound messages registered for that conversation into
+    # canonical events, sent to status.canonical on their message's partition.
+    conversations = app.topic(
+        settings.topic(CONVERSATIONS),
+        value_type=bytes,
+        value_serializer="raw",
+        key_serializer="raw",
+        partitions=settings.partitions,
+    )
+    conversation_table = _raw_table(app, "conversations", settings.partitions)
+
+    @app.agent(conversations, concurrency=1)
+    async def conversation_agent(stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            body = orjson.loads(event.value)
+            marks = body.get("watermarks", [])
+            seen = max((float(m["observed_at"]) for m in marks), default=None)
+            watermark.processed(msg.tp, msg.offset, seen)
+            produced = expand_record(
+                conversation_table, body.get("registrations", []), marks, msg.offset
+            )
+            by_partition: dict[int, list[dict[str, Any]]] = {}
+            for ev in produced:
+                key = f"{ev['provider']}:{ev['provider_message_id']}"
+                by_partition.setdefault(partition_for(key, settings.partitions), []).append(ev)
+            for partition, events in by_partition.items():
+                first = f"{events[0]['provider']}:{events[0]['provider_message_id']}"
+                value = orjson.dumps({"events": events})
+                await canonical.send(key=first.encode(), value=value, partition=partition)
+
+    # --- end Messenger watermarks ------------------------------------------------------
 
     @app.agent(raw_in)
     async def normalize_agent(stream: Any) -> None:
         async for event in stream.events():
             msg = event.message
             result = normalize(event.value, msg.headers or [], settings.partitions, f"{msg.topic}:{msg.partition}:{msg.offset}")
+            watermark.processed(msg.tp, msg.offset, result.observed_at)
             for partition, events in result.by_partition.items():
                 first = f"{events[0]['provider']}:{events[0]['provider_message_id']}"
                 await canonical.send(key=first.encode(), value=orjson.dumps({"events": events}), partition=partition)
+            for partition, facts in result.conversations.items():  # Messenger watermarks
+                first = (facts["registrations"] or facts["watermarks"])[0]["conversation"]
+                value = orjson.dumps(facts)
+                await conversations.send(key=first.encode(), value=value, partition=partition)
             provider = msg.topic[len(settings.topic("raw.")) :]
             if result.events:
                 metrics.NORMALIZED.labels(provider).inc(result.events)
@@ -158,6 +261,7 @@ def build(settings: Settings, read_model: ReadModel | None = None, check_interva
         async for event in stream.events():
             msg = event.message
             events = orjson.loads(event.value)["events"]
+            watermark.processed(msg.tp, msg.offset, max(float(e["observed_at"]) for e in events))
             items = order_record(ordering_table, events, msg.offset)
             for it in items:
                 metrics.OUTCOMES.labels(it["o"]).inc()
@@ -175,9 +279,6 @@ def build(settings: Settings, read_model: ReadModel | None = None, check_interva
                     metrics.DELIVERY_UNKNOWN.inc(out.fired)
             else:
                 out = emitter.on_transitions(body["items"], msg.offset, wall)
-                newest = max((it["ev"].get("occurred_at") or it["ev"]["observed_at"] for it in body["items"]), default=None)
-                if newest is not None:
-                    clock.saw(msg.partition, float(newest), wall)
             for key, ce in out.events:
                 await status.send(key=key.encode(), value=orjson.dumps(ce), partition=msg.partition)
                 metrics.EMITTED.labels(ce["data"]["status"]).inc()
@@ -190,17 +291,22 @@ def build(settings: Settings, read_model: ReadModel | None = None, check_interva
                 except asyncio.QueueFull:
                     metrics.READ_MODEL_DROPPED.inc()
 
+    upstream_topics = {*raw_names, settings.topic(CANONICAL), settings.topic(CONVERSATIONS)}
     interval = check_interval or max(0.2, min(1.0, settings.delivery_unknown_after / 4))
 
     @app.timer(interval=interval)
     async def deadline_ticker() -> None:
         if settings.delivery_unknown_after <= 0:
             return
-        wall = time.time()
+        assigned = app.consumer.assignment()
+        upstream = [tp for tp in assigned if tp.topic in upstream_topics]
+        inputs = [(tp, _end_offset(app, tp), app.consumer._committed_offset.get(tp)) for tp in upstream]
+        now = watermark.now(time.time(), inputs)
+        if now is None:
+            return
         name = settings.topic(TRANSITIONS)
-        for tp in app.consumer.assignment():
+        for tp in assigned:
             if tp.topic == name:
-                now = clock.now_for(tp.partition, wall)
                 await transitions.send(key=b"~check", value=orjson.dumps({"check": now}), partition=tp.partition)
 
     if read_model is not None:

@@ -25,6 +25,9 @@ class Normalized:
     dead: list[dict[str, Any]] = field(default_factory=list)
     events: int = 0
     ignored: int = 0
+    observed_at: float | None = None  # when the gateway received the raw record
+    # status.conversations partition -> {"registrations": [...], "watermarks": [...]}
+    conversations: dict[int, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
 
 
 def _jsonable(item: Any) -> Any:
@@ -54,6 +57,7 @@ def normalize(value: bytes, headers: Sequence[tuple[str, bytes]], partitions: in
     except ValueError as exc:
         dead(str(exc), None)
         return result
+    result.observed_at = request.received_at
     provider = providers.get(request.provider)
     if provider is None:
         dead(f"no parser for provider {request.provider!r}", request.provider)
@@ -77,4 +81,11 @@ def normalize(value: bytes, headers: Sequence[tuple[str, bytes]], partitions: in
         grouped[partition_for(event.message_key, partitions)].append(event.to_dict())
         result.events += 1
     result.by_partition = dict(grouped)
+    # Messenger watermarks and the messages they cover go to the conversation agent,
+    # partitioned by conversation (processors/stream/watermarks.py).
+    for name, facts in (("registrations", parsed.registrations), ("watermarks", parsed.watermarks)):
+        for fact in facts:
+            part = partition_for(fact.conversation, partitions)
+            bucket = result.conversations.setdefault(part, {"registrations": [], "watermarks": []})
+            bucket[name].append(fact.to_dict())
     return result

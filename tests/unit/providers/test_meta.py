@@ -64,7 +64,7 @@ CASES = [
         "messenger_delivery.json",
         [("meta:mid.1458668856218:ed81099e15d3f4f233", "delivered", "delivery", "messenger", None)],
     ),
-    h.Case("messenger_read_watermark.json", [], dead=[meta.WATERMARK_UNSUPPORTED]),
+    h.Case("messenger_read_watermark.json", []),  # a watermark: see test_meta_messaging.py
     h.Case(
         "messenger_echo.json",
         [("meta:mid.1457764197618:41d102a3e1ae206a38", "sent", "echo", "messenger", None)],
@@ -205,11 +205,12 @@ def test_messenger_delivery_with_several_mids() -> None:
     assert result.events[0].occurred_at == 1459991487.97
 
 
-def test_messenger_delivery_watermark_only_is_dead_lettered() -> None:
+def test_messenger_delivery_watermark_only_becomes_a_watermark() -> None:
     doc = json.loads(h.fixture("meta", "messenger_delivery.json"))
     del doc["entry"][0]["messaging"][0]["delivery"]["mids"]
     result = meta.parse(h.request("meta", json.dumps(doc).encode()))
-    assert [d.reason for d in result.dead] == [meta.WATERMARK_UNSUPPORTED]
+    assert (result.events, result.dead) == ([], [])
+    assert [(w.conversation, w.kind) for w in result.watermarks] == [("1234567890:5678", "delivered")]
 
 
 def test_unknown_object_is_ignored_not_fatal() -> None:

@@ -1,0 +1,221 @@
+"""Mailgun webhooks: one JSON event per POST, the signature inside the body.
+
+`{"signature": {"timestamp", "token", "signature"}, "event-data": {...}}`; the signature
+is hex HMAC-SHA256(MSGSTATUS_MAILGUN_SIGNING_KEY, timestamp + token). A timestamp more
+than 10 minutes away from when we received the POST is refused (replay window), measured
+against `received_at` so a stored raw record re-verifies the same way.
+
+Key: `event-data.message.headers.message-id` (the Message-Id Mailgun answered on send,
+without angle brackets); account: the domain part of that id, i.e. the sending domain
+for ids Mailgun generated. Channel email.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from processors.config import Settings
+from processors.model import CanonicalEvent, ErrorInfo
+from processors.providers import common, email_errors
+from processors.providers.base import (
+    DeadItem,
+    FramingError,
+    ParseResult,
+    SignatureError,
+    WebhookRequest,
+    constant_time_equal,
+)
+
+NAME = "mailgun"
+CONTENT_TYPES: tuple[str, ...] = ("application/json",)
+FRAMING = "json"
+SIGNATURE_HEADERS: tuple[str, ...] = ()  # the signature travels in the body
+SECRET = "MAILGUN_SIGNING_KEY"
+CHANNEL = "email"
+TOLERANCE_SECONDS = 600
+
+# `event-data.event` (PROVIDERS.md "Email"); `failed` is decided by its severity below.
+STATUS_MAP: dict[str, str] = {
+    "accepted": "queued",
+    "delivered": "delivered",
+    "rejected": "rejected",  # Mailgun refused to send or forward it
+    "opened": "read",
+    "clicked": "clicked",
+    "complained": "complained",
+    "unsubscribed": "unsubscribed",
+}
+# stored: an inbound message was stored; list_*: mailing-list uploads. No message status.
+IGNORED_EVENTS: frozenset[str] = frozenset(
+    {"stored", "list_member_uploaded", "list_member_upload_error", "list_uploaded"}
+)
+EVENTS = common.StatusTable(STATUS_MAP, IGNORED_EVENTS)
+FAILED_EVENT = "failed"
+# failed.severity: permanent is final; temporary means Mailgun retries, no change yet.
+SEVERITIES = common.StatusTable({"permanent": "undelivered"}, frozenset({"temporary"}))
+# failed.reason -> category; `bounce` and `generic` are decided by the SMTP answer.
+FAILURE_REASONS: dict[str, tuple[str, str]] = dict(
+    common.check_error_table(
+        {
+            "suppress-bounce": ("unreachable", "Not delivering to a previously bounced address"),
+            "suppress-unsubscribe": ("opted_out", "Not delivering to an unsubscribed address"),
+            "suppress-complaint": ("opted_out", "Not delivering to an address that complained"),
+            "espblock": ("blocked", "Blocked by the recipient's email service provider"),
+            "old": ("expired", "Mailgun stopped retrying: the message is too old"),
+        }
+    )
+)
+
+
+def enabled(settings: Settings) -> bool:
+    return settings.secret(SECRET) is not None
+
+
+# --- signature ----------------------------------------------------------------------------
+
+
+def calculate_signature(signing_key: str, timestamp: str, token: str) -> str:
+    """hex HMAC-SHA256(signing key, timestamp + token)."""
+    return common.hmac_hex(signing_key, (timestamp + token).encode(), "sha256")
+
+
+def signature_block(signing_key: str, timestamp: int, token: str) -> dict[str, str]:
+    """The body's `signature` object Mailgun would send (tests and the demo sender)."""
+    stamp = str(timestamp)
+    return {
+        "timestamp": stamp,
+        "token": token,
+        "signature": calculate_signature(signing_key, stamp, token),
+    }
+
+
+def sign(event_data: Mapping[str, Any], signing_key: str, timestamp: int, token: str) -> bytes:
+    """A whole signed webhook body for `event_data`."""
+    return orjson.dumps(
+        {"signature": signature_block(signing_key, timestamp, token), "event-data": event_data}
+    )
+
+
+def verify(request: WebhookRequest, settings: Settings) -> None:
+    """HMAC over the body's timestamp + token, within 10 minutes; raises SignatureError only."""
+    key = settings.secret(SECRET)
+    if key is None:
+        raise SignatureError("mailgun is not configured (MSGSTATUS_MAILGUN_SIGNING_KEY unset)")
+    try:
+        data = orjson.loads(request.body)
+    except (orjson.JSONDecodeError, ValueError, TypeError, RecursionError):
+        raise SignatureError("cannot verify: body is not JSON") from None
+    block = common.mapping(common.mapping(data).get("signature"))
+    raw_stamp = block.get("timestamp")
+    if isinstance(raw_stamp, int) and not isinstance(raw_stamp, bool):
+        raw_stamp = str(raw_stamp)
+    stamp = raw_stamp if isinstance(raw_stamp, str) else ""
+    token = block.get("token") if isinstance(block.get("token"), str) else ""
+    given = block.get("signature") if isinstance(block.get("signature"), str) else ""
+    if not stamp or not token or not given:
+        raise SignatureError("missing signature.timestamp, .token or .signature in the body")
+    if not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 12:
+        raise SignatureError("signature.timestamp must be unix seconds")
+    if abs(int(stamp) - request.received_at) > TOLERANCE_SECONDS:
+        raise SignatureError("signature.timestamp is outside the 10 minute window")
+    if not constant_time_equal(calculate_signature(key, stamp, token), given.strip().lower()):
+        raise SignatureError("signature does not match")
+
+
+# --- parsing ----------------------------------------------------------------------------
+
+
+def message_id(event_data: Mapping[str, Any]) -> str | None:
+    headers = common.mapping(common.mapping(event_data.get("message")).get("headers"))
+    raw = common.text(headers.get("message-id"), max_len=512)
+    if raw is None:
+        return None
+    return common.text(raw.strip().removeprefix("<").removesuffix(">"), max_len=256)
+
+
+def failure_error(event_data: Mapping[str, Any]) -> ErrorInfo:
+    reason = (common.text(event_data.get("reason"), max_len=64) or "").lower()
+    status = common.mapping(event_data.get("delivery-status"))
+    code = common.text(status.get("code"), max_len=16)
+    texts = (
+        common.text(status.get("enhanced-code"), max_len=16),
+        common.text(status.get("message"), max_len=2048),
+        common.text(status.get("description"), max_len=2048),
+    )
+    description = texts[2] or texts[1]
+    if reason in FAILURE_REASONS:
+        category, generic = FAILURE_REASONS[reason]
+        return ErrorInfo(code=code, category=category, description=description or generic)
+    category = email_errors.classify(*texts, code) or "unknown"
+    return ErrorInfo(code=code, category=category, description=description)
+
+
+def rejected_error(event_data: Mapping[str, Any]) -> ErrorInfo:
+    reject = common.mapping(event_data.get("reject"))
+    reason = common.text(reject.get("reason"), max_len=1024)
+    description = common.text(reject.get("description"), max_len=2048) or reason
+    category = email_errors.classify(reason, description) or "unknown"
+    return ErrorInfo(code=None, category=category, description=description)
+
+
+@common.guarded
+def parse(request: WebhookRequest) -> ParseResult:
+    """One event per POST; FramingError when it is no Mailgun webhook object."""
+    data = common.load_json(request.body)
+    if not isinstance(data, dict) or not isinstance(data.get("event-data"), dict):
+        raise FramingError("body must be a Mailgun webhook: a JSON object with `event-data`")
+    event_data: dict[str, Any] = data["event-data"]
+    result = ParseResult()
+    word = common.text(event_data.get("event"), max_len=64)
+    if word is None:
+        result.dead.append(DeadItem("mailgun event-data without `event`", event_data))
+        return result
+    key = word.lower()
+    error: ErrorInfo | None = None
+    provider_status = key
+    if key == FAILED_EVENT:
+        severity = common.text(event_data.get("severity"), max_len=32)
+        if severity is None:
+            result.dead.append(DeadItem("mailgun failed event without severity", event_data))
+            return result
+        status = SEVERITIES.lookup(severity)
+        if status is None:
+            if SEVERITIES.is_ignored(severity):
+                result.ignored += 1  # temporary: Mailgun retries, the outcome follows
+            else:
+                result.dead.append(DeadItem(f"unknown mailgun severity {severity!r}", event_data))
+            return result
+        provider_status = f"failed/{severity.lower()}"
+        error = failure_error(event_data)
+    else:
+        status = EVENTS.lookup(word)
+        if status is None:
+            if EVENTS.is_ignored(word):
+                result.ignored += 1
+            else:
+                result.dead.append(DeadItem(f"unknown mailgun event {word!r}", event_data))
+            return result
+        if key == "rejected":
+            error = rejected_error(event_data)
+    mid = message_id(event_data)
+    if mid is None:
+        result.dead.append(DeadItem("mailgun event without message.headers.message-id", event_data))
+        return result
+    _, at, domain = mid.rpartition("@")
+    result.events.append(
+        CanonicalEvent(
+            provider=NAME,
+            provider_message_id=mid,
+            status=status,
+            provider_status=provider_status,
+            channel=CHANNEL,
+            observed_at=request.received_at,
+            occurred_at=common.event_time(event_data.get("timestamp")),
+            account=domain if at and domain else None,
+            error=error,
+            polled=request.polled,
+        )
+    )
+    return result

@@ -1,0 +1,205 @@
+"""Octopods (WhatsApp, SMS, Viber Business Messages): status pushes and poll answers.
+
+Octopods documents its status vocabulary and polling API (seeds/001), not a push format,
+so a push is assumed to be the polling item JSON (PROVIDERS.md "Octopods"):
+`{"message_id", "channel", "message_status": {"message_status": "DELIVERED",
+"failure_reason": null}, "updated_at"}`; one item, an array of items, or a list answer
+holding them under `data`, `messages` or `results`.
+
+- DELETED means the recipient deleted the message after it was delivered: two events,
+  `delivered` (even if DELIVERED was never seen) and the engagement `deleted`.
+- UNKNOWN means "not available yet, ask again": known, no status change (ignored).
+- FAILED carries a free-text failure reason; when it is (or starts with) the code of the
+  provider Octopods relayed to (Twilio, WhatsApp), that code's category is used.
+
+Octopods signs nothing: header `token` or `Authorization: Bearer` must equal
+MSGSTATUS_OCTOPODS_TOKEN.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from processors.config import Settings
+from processors.model import CanonicalEvent, ErrorInfo
+from processors.providers import common, meta, twilio
+from processors.providers.base import (
+    DeadItem,
+    FramingError,
+    ParseResult,
+    SignatureError,
+    WebhookRequest,
+    bearer_or_token,
+    constant_time_equal,
+)
+
+NAME = "octopods"
+CONTENT_TYPES: tuple[str, ...] = ("application/json",)
+FRAMING = "json"
+SIGNATURE_HEADERS: tuple[str, ...] = ()  # the credential is the token itself: never kept
+SECRET = "OCTOPODS_TOKEN"
+
+# Octopods' six words (seeds/001). DELETED is handled below: delivered + engagement.
+STATUS_MAP: dict[str, str] = {
+    "sent": "sent",
+    "delivered": "delivered",
+    "read": "read",  # WhatsApp only
+    "failed": "failed",
+    "deleted": "delivered",  # plus the engagement `deleted`
+}
+IGNORED_STATUSES: frozenset[str] = frozenset({"unknown"})  # "not yet available"
+STATUSES = common.StatusTable(STATUS_MAP, IGNORED_STATUSES)
+DELETED = "deleted"
+
+# Octopods has no codes of its own; it relays Twilio's (SMS) and WhatsApp's when it can.
+ERROR_CODES: dict[str, tuple[str, str]] = dict(
+    common.check_error_table({**twilio.ERROR_CODES, **meta.ERROR_CODES})
+)
+CHANNELS: dict[str, str] = {
+    "whatsapp": "whatsapp",
+    "sms": "sms",
+    "viber": "viber",
+    "vbm": "viber",  # Viber Business Messages
+}
+DEFAULT_CHANNEL = "whatsapp"
+_LIST_KEYS = ("data", "messages", "results")
+_POLL_PATH = re.compile(r"/api/v1/(whatsapp|sms|viber)/messages(?:/|$)")
+_LEADING_CODE = re.compile(r"\s*\(?#?(\d{3,6})\b")
+
+
+def enabled(settings: Settings) -> bool:
+    return settings.secret(SECRET) is not None
+
+
+# --- authentication -------------------------------------------------------------------
+
+
+def calculate_signature(token: str) -> str:
+    """The `token` header value: Octopods proves nothing about the body."""
+    return token
+
+
+def verify(request: WebhookRequest, settings: Settings) -> None:
+    """`token` header or `Authorization: Bearer` must equal MSGSTATUS_OCTOPODS_TOKEN."""
+    expected = settings.secret(SECRET)
+    if expected is None:
+        raise SignatureError("octopods is not configured (MSGSTATUS_OCTOPODS_TOKEN unset)")
+    given = bearer_or_token(request)
+    if not given:
+        raise SignatureError("missing `token` header or `Authorization: Bearer` credential")
+    if not constant_time_equal(expected, given):
+        raise SignatureError("Octopods token does not match")
+
+
+def sign(url: str, body: bytes, token: str) -> dict[str, str]:
+    """Headers an Octopods push would carry (tests and the demo sender use it)."""
+    del url, body
+    return {"content-type": "application/json", "token": calculate_signature(token)}
+
+
+# --- parsing ----------------------------------------------------------------------------
+
+
+def _channel_from_url(url: str) -> str | None:
+    try:
+        match = _POLL_PATH.search(urlsplit(url).path)
+    except ValueError:
+        return None
+    return CHANNELS[match.group(1)] if match else None
+
+
+def _status_fields(obj: Mapping[str, Any]) -> tuple[str | None, Any]:
+    """(status word, failure reason): nested `message_status` object, or flat fields."""
+    nested = obj.get("message_status")
+    if isinstance(nested, Mapping):
+        word = common.text(nested.get("message_status"), max_len=64) or common.text(
+            nested.get("status"), max_len=64
+        )
+        reason = nested.get("failure_reason", obj.get("failure_reason"))
+        return word, reason
+    word = common.text(nested, max_len=64) or common.text(obj.get("status"), max_len=64)
+    return word, obj.get("failure_reason")
+
+
+def error_of(reason: Any) -> ErrorInfo:
+    """A failure reason (text, or `{code, message}`) -> ErrorInfo; category by code."""
+    described = common.mapping(reason)
+    text = (
+        common.text(described.get("message"))
+        or common.text(described.get("description"))
+        or common.text(reason)
+    )
+    code = common.text(described.get("code"), max_len=32)
+    if code is None and text is not None:
+        match = _LEADING_CODE.match(text)
+        code = match.group(1) if match else None
+    if code is None:
+        return ErrorInfo(code=None, category="unknown", description=text)
+    return common.error_info(code, ERROR_CODES, text)
+
+
+def _one(result: ParseResult, item: Any, request: WebhookRequest, channel_hint: str | None) -> None:
+    obj = common.mapping(item)
+    if not obj:
+        result.dead.append(DeadItem("item is not a JSON object", item))
+        return
+    message_id = common.text(obj.get("message_id"), max_len=256) or common.text(
+        obj.get("id"), max_len=256
+    )
+    if message_id is None:
+        result.dead.append(DeadItem("missing message_id", item))
+        return
+    word, reason = _status_fields(obj)
+    if word is None:
+        result.dead.append(DeadItem("missing message_status", item))
+        return
+    status = STATUSES.lookup(word)
+    if status is None:
+        if STATUSES.is_ignored(word):
+            result.ignored += 1
+        else:
+            result.dead.append(DeadItem(f"unknown octopods status {word!r}", item))
+        return
+    named = (common.text(obj.get("channel"), max_len=32) or "").lower()
+    channel = CHANNELS.get(named) or channel_hint or DEFAULT_CHANNEL
+    at = common.event_time(obj.get("updated_at")) or common.event_time(obj.get("timestamp"))
+
+    def event(canonical: str, error: ErrorInfo | None = None) -> None:
+        result.events.append(
+            CanonicalEvent(
+                provider=NAME,
+                provider_message_id=message_id,
+                status=canonical,
+                provider_status=word,
+                channel=channel,
+                observed_at=request.received_at,
+                occurred_at=at,
+                account=common.text(obj.get("account")),
+                error=error,
+                polled=request.polled,
+            )
+        )
+
+    event(status, error_of(reason) if status == "failed" else None)
+    if word.strip().lower() == DELETED:
+        event("deleted")  # engagement: the recipient deleted it after delivery
+
+
+@common.guarded
+def parse(request: WebhookRequest) -> ParseResult:
+    """An item, an array of items or a list answer; FramingError when no JSON object/array."""
+    data = common.load_json(request.body)
+    if isinstance(data, dict):
+        listed = next((data[k] for k in _LIST_KEYS if isinstance(data.get(k), list)), None)
+        batch: list[Any] = listed if listed is not None else [data]
+    elif isinstance(data, list):
+        batch = data
+    else:
+        raise FramingError("body must be a JSON object (or an array of them)")
+    hint = _channel_from_url(request.url)
+    result = ParseResult()
+    common.each(result, batch, lambda item: _one(result, item, request, hint))
+    return result

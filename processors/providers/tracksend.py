@@ -1,0 +1,179 @@
+"""Tracksend (SMS and RCS) delivery reports.
+
+Tracksend's status words are public (seeds/002); its push format is not, so the shape is
+our documented assumption (PROVIDERS.md "Tracksend"):
+`{"message_id", "channel": "sms"|"rcs", "status", "timestamp", "action"?}`, one object or
+an array of them. A reply arrives as `status: "REPLY"` and/or
+`action: {"type": "REPLY", "description"}` and becomes the engagement `replied`.
+Tracksend signs nothing: header `token` or `Authorization: Bearer` must equal
+MSGSTATUS_TRACKSEND_TOKEN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from processors.config import Settings
+from processors.model import CanonicalEvent, ErrorInfo, is_failure
+from processors.providers import common
+from processors.providers.base import (
+    DeadItem,
+    FramingError,
+    ParseResult,
+    SignatureError,
+    WebhookRequest,
+    bearer_or_token,
+    constant_time_equal,
+)
+
+NAME = "tracksend"
+CONTENT_TYPES: tuple[str, ...] = ("application/json",)
+FRAMING = "json"
+SIGNATURE_HEADERS: tuple[str, ...] = ()  # the credential is the token itself: never kept
+SECRET = "TRACKSEND_TOKEN"
+
+# Every word of Tracksend's SMS and RCS tables (seeds/002), PROVIDERS.md's mapping.
+STATUS_MAP: dict[str, str] = {
+    "pending": "queued",
+    "queued": "queued",
+    "accepted": "sent",
+    "sent": "sent",
+    "partiallysent": "sent",  # only some parts went out: still sent
+    "delivered": "delivered",
+    "partialdelivered": "delivered",  # only some parts arrived: still delivered
+    "read": "read",  # RCS only
+    "failed": "failed",
+    "failedtoqueue": "failed",
+    "failedtosend": "failed",
+    "internalerror": "failed",
+    "invalidnumber": "failed",
+    "rejected": "rejected",
+    "dnd": "rejected",
+    "duplicate": "rejected",
+    "notdelivered": "undelivered",
+    "undelivered": "undelivered",
+    "expired": "expired",
+    "reply": "replied",  # engagement: the recipient answered
+}
+IGNORED_STATUSES: frozenset[str] = frozenset()  # none documented
+STATUSES = common.StatusTable(STATUS_MAP, IGNORED_STATUSES)
+
+# Tracksend has no error codes: the failure word itself is the code.
+ERROR_CODES: dict[str, tuple[str, str]] = dict(
+    common.check_error_table(
+        {
+            "DND": ("opted_out", "Recipient has Do Not Disturb active"),
+            "INVALIDNUMBER": ("invalid_number", "Recipient's phone number is invalid"),
+            "INTERNALERROR": ("provider_error", "Internal error at Tracksend"),
+            "EXPIRED": ("expired", "Message expired before delivery"),
+            "FAILEDTOQUEUE": ("provider_error", "Message could not be queued"),
+            "DUPLICATE": ("unknown", "Message already sent to this recipient"),
+        }
+    )
+)
+CHANNELS: dict[str, str] = {"sms": "sms", "rcs": "rcs"}
+REPLY = "reply"
+
+
+def enabled(settings: Settings) -> bool:
+    return settings.secret(SECRET) is not None
+
+
+# --- authentication -------------------------------------------------------------------
+
+
+def calculate_signature(token: str) -> str:
+    """The `token` header value: Tracksend proves nothing about the body."""
+    return token
+
+
+def verify(request: WebhookRequest, settings: Settings) -> None:
+    """`token` header or `Authorization: Bearer` must equal MSGSTATUS_TRACKSEND_TOKEN."""
+    expected = settings.secret(SECRET)
+    if expected is None:
+        raise SignatureError("tracksend is not configured (MSGSTATUS_TRACKSEND_TOKEN unset)")
+    given = bearer_or_token(request)
+    if not given:
+        raise SignatureError("missing `token` header or `Authorization: Bearer` credential")
+    if not constant_time_equal(expected, given):
+        raise SignatureError("Tracksend token does not match")
+
+
+def sign(url: str, body: bytes, token: str) -> dict[str, str]:
+    """Headers a Tracksend push would carry (tests and the demo sender use it)."""
+    del url, body
+    return {"content-type": "application/json", "token": calculate_signature(token)}
+
+
+# --- parsing ----------------------------------------------------------------------------
+
+
+def _error(word: str, item: Mapping[str, Any]) -> ErrorInfo:
+    description = common.text(item.get("description")) or common.text(item.get("reason"))
+    return common.error_info(word.upper(), ERROR_CODES, description)
+
+
+def _one(result: ParseResult, item: Any, request: WebhookRequest) -> None:
+    obj = common.mapping(item)
+    if not obj:
+        result.dead.append(DeadItem("item is not a JSON object", item))
+        return
+    message_id = common.text(obj.get("message_id"), max_len=256) or common.text(
+        obj.get("messageId"), max_len=256
+    )
+    if message_id is None:
+        result.dead.append(DeadItem("missing message_id", item))
+        return
+    action = common.mapping(obj.get("action"))
+    action_type = common.text(action.get("type"), max_len=64)
+    replied = action_type is not None and action_type.lower() == REPLY
+    word = common.text(obj.get("status"), max_len=64)
+    if word is None and not replied:
+        result.dead.append(DeadItem("missing status", item))
+        return
+    channel = CHANNELS.get((common.text(obj.get("channel"), max_len=16) or "sms").lower(), "sms")
+    at = common.event_time(obj.get("timestamp"))
+
+    def event(status: str, provider_word: str, error: ErrorInfo | None = None) -> None:
+        result.events.append(
+            CanonicalEvent(
+                provider=NAME,
+                provider_message_id=message_id,
+                status=status,
+                provider_status=provider_word,
+                channel=channel,
+                observed_at=request.received_at,
+                occurred_at=at,
+                error=error,
+                polled=request.polled,
+            )
+        )
+
+    if word is not None and word.lower() != REPLY:
+        status = STATUSES.lookup(word)
+        if status is not None:
+            event(status, word, _error(word, obj) if is_failure(status) else None)
+        elif STATUSES.is_ignored(word):
+            result.ignored += 1
+        else:
+            result.dead.append(DeadItem(f"unknown tracksend status {word!r}", item))
+    if word is not None and word.lower() == REPLY:
+        event("replied", word)
+    elif replied:
+        event("replied", action_type or "REPLY")
+
+
+@common.guarded
+def parse(request: WebhookRequest) -> ParseResult:
+    """One report or an array of them; FramingError when no JSON object/array."""
+    data = common.load_json(request.body)
+    if isinstance(data, dict):
+        batch: list[Any] = [data]
+    elif isinstance(data, list):
+        batch = data
+    else:
+        raise FramingError("body must be a JSON object (or an array of them)")
+    result = ParseResult()
+    common.each(result, batch, lambda item: _one(result, item, request))
+    return result

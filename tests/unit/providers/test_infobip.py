@@ -1,0 +1,185 @@
+"""Infobip: results[] split per message, status groups, error categories, HTTP Basic auth."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from processors.providers import infobip
+from processors.providers.base import FramingError
+
+from . import harness as h
+
+USER = "infobip-webhook-user"
+PASSWORD = "infobip-webhook-password-0123456789"
+
+CASES = [
+    h.Case(
+        "delivered.json",
+        [("infobip:MESSAGE-ID-123-xyz", "delivered", "DELIVERED_TO_HANDSET", "sms", None)],
+    ),
+    h.Case(
+        "undeliverable_unknown_subscriber.json",
+        [
+            (
+                "infobip:MESSAGE-ID-789-a",
+                "undelivered",
+                "UNDELIVERABLE_NOT_DELIVERED",
+                "sms",
+                "invalid_number",
+            )
+        ],
+    ),
+    h.Case(
+        "batch_mixed.json",
+        [
+            ("infobip:MESSAGE-ID-456-a", "sent", "PENDING_ENROUTE", "sms", None),
+            (
+                "infobip:MESSAGE-ID-456-b",
+                "undelivered",
+                "UNDELIVERABLE_NOT_DELIVERED",
+                "sms",
+                "unreachable",
+            ),
+            ("infobip:MESSAGE-ID-456-c", "rejected", "REJECTED_DND", "sms", "opted_out"),
+            ("infobip:MESSAGE-ID-456-d", "expired", "EXPIRED_EXPIRED", "sms", "expired"),
+        ],
+        dead=["result without messageId", "unknown infobip status group 'TELEPORTED'"],
+    ),
+]
+
+
+@h.cases(CASES)
+def test_fixture(case: h.Case) -> None:
+    h.run_case(infobip, case)
+
+
+def test_done_at_is_the_event_time() -> None:
+    result, _ = h.parse_case(infobip, h.Case("delivered.json", []))
+    expected = dt.datetime(2026, 4, 28, 14, 30, 5, tzinfo=dt.UTC).timestamp()
+    assert result.events[0].occurred_at == expected
+
+
+OK_ERROR = {"groupId": 0, "groupName": "OK", "id": 0, "name": "NO_ERROR"}
+
+
+def _result(group: str, name: str = "X", error: dict[str, object] | None = None, **extra: object):
+    item = {
+        "messageId": "m-1",
+        "status": {"groupName": group, "name": name},
+        "error": error if error is not None else OK_ERROR,
+        **extra,
+    }
+    return json.dumps({"results": [item]}).encode()
+
+
+# PROVIDERS.md "Infobip": status.groupName.
+@pytest.mark.parametrize(
+    ("group", "status"),
+    [
+        ("PENDING", "sent"),
+        ("DELIVERED", "delivered"),
+        ("UNDELIVERABLE", "undelivered"),
+        ("EXPIRED", "expired"),
+        ("REJECTED", "rejected"),
+    ],
+)
+def test_status_mapping(group: str, status: str) -> None:
+    (event,) = infobip.parse(h.request("infobip", _result(group))).events
+    assert event.status == status
+    assert (event.error is not None) == (status in ("undelivered", "expired", "rejected"))
+
+
+@pytest.mark.parametrize(
+    ("error", "status_name", "code", "category"),
+    [
+        ({"groupName": "HANDSET_ERRORS", "id": 1}, "X", "1", "invalid_number"),
+        ({"groupName": "HANDSET_ERRORS", "id": 6}, "X", "6", "unreachable"),
+        ({"groupName": "USER_ERRORS", "id": 13}, "X", "13", "blocked"),
+        ({"groupName": "OPERATOR_ERRORS", "id": 34}, "X", "34", "provider_error"),
+        ({"groupName": "HANDSET_ERRORS", "id": 4444}, "X", "4444", "unreachable"),  # by group
+        ({"groupName": "OPERATOR_ERRORS", "id": 5555}, "X", "5555", "provider_error"),
+        ({"groupName": "NEW_ERRORS", "id": 6666}, "X", "6666", "unknown"),
+        (OK_ERROR, "REJECTED_DND", "REJECTED_DND", "opted_out"),
+        (OK_ERROR, "REJECTED_NOT_ENOUGH_CREDITS", "REJECTED_NOT_ENOUGH_CREDITS", "account_problem"),
+        (OK_ERROR, "REJECTED_FLOODING_FILTER", "REJECTED_FLOODING_FILTER", "rate_limited"),
+        (OK_ERROR, "REJECTED_DESTINATION", "REJECTED_DESTINATION", "invalid_number"),
+        (OK_ERROR, "REJECTED_NETWORK", "REJECTED_NETWORK", "unreachable"),
+        (OK_ERROR, "REJECTED_SOMETHING_NEW", "REJECTED_SOMETHING_NEW", "unknown"),
+    ],
+)
+def test_error_categories(
+    error: dict[str, object], status_name: str, code: str, category: str
+) -> None:
+    body = _result("REJECTED", status_name, error)
+    (event,) = infobip.parse(h.request("infobip", body)).events
+    assert event.error is not None
+    assert (event.error.code, event.error.category) == (code, category)
+
+
+def test_no_error_on_success() -> None:
+    (event,) = infobip.parse(h.request("infobip", _result("DELIVERED"))).events
+    assert event.error is None
+
+
+def test_other_channels() -> None:
+    (event,) = infobip.parse(h.request("infobip", _result("DELIVERED", channel="WHATSAPP"))).events
+    assert event.channel == "whatsapp"
+    (event,) = infobip.parse(h.request("infobip", _result("DELIVERED", channel="FAX"))).events
+    assert event.channel == "sms"
+
+
+@pytest.mark.parametrize("body", [b"", b"x", b"[]", b"{}", b'{"results": {}}', b"{"])
+def test_malformed_body_is_a_framing_error(body: bytes) -> None:
+    with pytest.raises(FramingError):
+        infobip.parse(h.request("infobip", body))
+
+
+# --- authentication -------------------------------------------------------------------
+
+
+def signed(body: bytes, secret: str) -> h.WebhookRequest:
+    return h.request("infobip", body, headers=infobip.sign(h.URL, body, USER, secret))
+
+
+CONTRACT = h.SignatureContract(
+    module=infobip,
+    secret_name="INFOBIP_PASSWORD",
+    secret=PASSWORD,
+    body=h.fixture("infobip", "delivered.json"),
+    sign=signed,
+    auth_headers=("authorization",),
+    body_bound=False,
+    extra_settings={"INFOBIP_USER": USER},
+)
+
+
+@pytest.mark.parametrize("check", h.SIGNATURE_CHECKS)
+def test_signature_contract(check: str) -> None:
+    h.check_signature(CONTRACT, check)
+
+
+# --- robustness -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [c.fixture for c in CASES])
+def test_json_mutations_never_crash(name: str) -> None:
+    assert h.fuzz_json_fixture(infobip, name) > 10
+
+
+def test_junk_bodies_never_crash() -> None:
+    h.fuzz_junk(infobip)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=256))
+def test_random_bytes_never_crash(body: bytes) -> None:
+    h.parse_never_raises(infobip, body, "application/json")
+
+
+def test_verify_never_crashes_on_junk() -> None:
+    h.fuzz_verify(infobip, CONTRACT.settings())
