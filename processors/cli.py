@@ -39,11 +39,11 @@ async def _run_until_signal(main: asyncio.Task) -> None:
 
 def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
     from processors.ingest.gateway import serve
-    from processors.ingest.producer import KafkaRawSink
+    from processors.ingest.producer import KafkaRawSink, NullSink
     from processors.store.readmodel import ReadModel
 
     async def main() -> None:
-        sink = KafkaRawSink(settings)
+        sink = NullSink() if args.null_sink else KafkaRawSink(settings)
         connect = asyncio.create_task(sink.start_when_reachable())
         try:
             await asyncio.wait_for(ensure_topics(settings, all_topics(settings, providers.REGISTRY)), 30)
@@ -158,7 +158,10 @@ def cmd_poller(settings: Settings, args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="msgstatus", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("gateway", help="HTTP gateway: verify webhooks, write them to Kafka")
+    g = sub.add_parser("gateway", help="HTTP gateway: verify webhooks, write them to Kafka")
+    # Bench-only (processors/bench/gateway.py): answer 200 without writing to Kafka, the
+    # baseline the Kafka write is compared with. Hidden: it would silently drop webhooks.
+    g.add_argument("--null-sink", action="store_true", help=argparse.SUPPRESS)
     w = sub.add_parser("worker", help="stream worker: normalize, order, emit")
     w.add_argument("--no-read-model", action="store_true", help="do not write the Redis read model")
     t = sub.add_parser("tail", help="print message.status events")

@@ -103,3 +103,24 @@ class MemorySink:
 
     async def ready(self) -> bool:
         return self.available
+
+
+class NullSink:
+    """Bench-only: accepts every record and writes nothing (`msgstatus gateway --null-sink`).
+
+    processors/bench/gateway.py measures the same gateway process with it as the baseline
+    without Kafka. A gateway running with it answers 200 and keeps nothing: never use it
+    in front of a real provider.
+    """
+
+    async def start_when_reachable(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def publish(self, record: RawRecord) -> None:
+        return None
+
+    async def ready(self) -> bool:
+        return True

@@ -84,16 +84,22 @@ TABLE: dict[str, Coverage] = {
         signature=_TOKEN,
         receipts={"sms": DR, "rcs": DRR},
     ),
-    "bandwidth": Coverage(channels=("sms", "mms"), signature=_BASIC, receipts={"sms": DR}),
+    "bandwidth": Coverage(
+        channels=("sms", "mms"), signature=_BASIC, receipts={"sms": DR, "mms": DR}
+    ),
     "sinch": Coverage(channels=("sms",), signature=_BASIC, receipts={"sms": DR}),
-    "infobip": Coverage(channels=("sms",), signature=_BASIC, receipts={"sms": DR}),
+    "infobip": Coverage(
+        channels=("sms", "mms", "whatsapp", "viber", "rcs", "messenger", "line"),
+        signature=_BASIC,
+        receipts={"sms": DR, "mms": DR, "whatsapp": DRR, "viber": DR, "rcs": DRR, "messenger": DRR},
+    ),
     "vonage": Coverage(
         channels=("sms",), signature="signed params (`sig`, HMAC or MD5)", receipts={"sms": DR}
     ),
     "plivo": Coverage(
-        channels=("sms",),
+        channels=("sms", "mms", "whatsapp"),
         signature="HMAC-SHA256 with nonce (X-Plivo-Signature-V3)",
-        receipts={"sms": DR},
+        receipts={"sms": DR, "mms": DR, "whatsapp": DRR},
     ),
     "smpp": Coverage(
         channels=("sms",), signature="HTTP Basic or shared token", receipts={"sms": DR}

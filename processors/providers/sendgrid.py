@@ -155,9 +155,7 @@ def verify(request: WebhookRequest, settings: Settings) -> None:
     given = (request.header(SIGNATURE_HEADER) or "").strip()
     stamp = (request.header(TIMESTAMP_HEADER) or "").strip()
     if not given or not stamp:
-        raise SignatureError(
-            "missing X-Twilio-Email-Event-Webhook-Signature or -Timestamp header"
-        )
+        raise SignatureError("missing X-Twilio-Email-Event-Webhook-Signature or -Timestamp header")
     if not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 12:
         raise SignatureError("X-Twilio-Email-Event-Webhook-Timestamp must be unix seconds")
     try:

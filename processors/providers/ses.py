@@ -75,10 +75,22 @@ CONFIRMATIONS = frozenset({"SubscriptionConfirmation", "UnsubscribeConfirmation"
 SIGNED_FIELDS: dict[str, tuple[str, ...]] = {
     NOTIFICATION: ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
     "SubscriptionConfirmation": (
-        "Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type",
+        "Message",
+        "MessageId",
+        "SubscribeURL",
+        "Timestamp",
+        "Token",
+        "TopicArn",
+        "Type",
     ),
     "UnsubscribeConfirmation": (
-        "Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type",
+        "Message",
+        "MessageId",
+        "SubscribeURL",
+        "Timestamp",
+        "Token",
+        "TopicArn",
+        "Type",
     ),
 }
 OPTIONAL_SIGNED_FIELDS = frozenset({"Subject"})
@@ -346,7 +358,11 @@ def notification(
 
 
 def subscription_confirmation(
-    topic_arn: str, cert_url: str, *, message_id: str, token: str,
+    topic_arn: str,
+    cert_url: str,
+    *,
+    message_id: str,
+    token: str,
     timestamp: str = "2026-04-28T18:13:20.000Z",
 ) -> dict[str, Any]:
     """An unsigned SubscriptionConfirmation envelope, as SNS sends on Subscribe."""
@@ -375,9 +391,9 @@ def sign_envelope(
     return signed
 
 
-def sign(envelope: Mapping[str, Any], private_key: rsa.RSAPrivateKey, version: str = "1") -> tuple[
-    bytes, dict[str, str]
-]:
+def sign(
+    envelope: Mapping[str, Any], private_key: rsa.RSAPrivateKey, version: str = "1"
+) -> tuple[bytes, dict[str, str]]:
     """(body, headers) of a genuine SNS POST for `envelope`."""
     signed = sign_envelope(envelope, private_key, version)
     return orjson.dumps(signed), {

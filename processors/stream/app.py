@@ -24,6 +24,7 @@ from processors.config import Settings
 from processors.store.readmodel import ReadModel, ReadModelUnavailable
 from processors.stream import deadlines, metrics
 from processors.stream.emission import Emitter, Policy
+from processors.stream.fasttable import FastTable
 from processors.stream.normalize import normalize
 from processors.stream.ordering import order_record
 from processors.stream.watermarks import expand_record
@@ -75,6 +76,9 @@ def _consumer_init(self: Any, *args: Any, **kwargs: Any) -> None:
 
 
 faust_consumer.Consumer.__init__ = _consumer_init  # type: ignore[method-assign]
+
+NORMALIZE_BATCH = 2000  # raw records per canonical batch
+NORMALIZE_WITHIN = 0.02  # seconds a batch may wait to fill: bounds the added latency
 
 NOISY_LOGGERS = ("faust", "mode", "aiokafka", "kafka", "rocksdict", "asyncio")
 
@@ -198,7 +202,6 @@ def build(settings: Settings, read_model: ReadModel | None = None, check_interva
     emitter_table = _raw_table(app, "emitter", settings.partitions)
     watermark = Watermark()
     policy = Policy(after=settings.delivery_unknown_after, disabled=settings.delivery_unknown_disabled)
-    emitter = Emitter(emitter_table, policy)
     read_model_queue: asyncio.Queue[tuple[list, list]] = asyncio.Queue(maxsize=10_000)
 
     # --- Messenger watermarks (processors/stream/watermarks.py) ------------------------
@@ -236,25 +239,41 @@ def build(settings: Settings, read_model: ReadModel | None = None, check_interva
 
     # --- end Messenger watermarks ------------------------------------------------------
 
+    fast_ordering = FastTable(app, ordering_table.table)
+    fast_emitter = FastTable(app, emitter_table.table)
+    canonical_name, transitions_name, status_name = (
+        settings.topic(CANONICAL), settings.topic(TRANSITIONS), settings.topic(STATUS)
+    )
+
+    async def send(topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
+        """Append to Faust's own producer without waiting for the broker: Faust flushes
+        that producer before it commits the input offsets (at-least-once)."""
+        await app.producer._ensure_producer().send(topic, value, key=key, partition=partition)
+
     @app.agent(raw_in)
     async def normalize_agent(stream: Any) -> None:
-        async for event in stream.events():
-            msg = event.message
-            result = normalize(event.value, msg.headers or [], settings.partitions, f"{msg.topic}:{msg.partition}:{msg.offset}")
-            watermark.processed(msg.tp, msg.offset, result.observed_at)
-            for partition, events in result.by_partition.items():
-                first = f"{events[0]['provider']}:{events[0]['provider_message_id']}"
-                await canonical.send(key=first.encode(), value=orjson.dumps({"events": events}), partition=partition)
-            for partition, facts in result.conversations.items():  # Messenger watermarks
-                first = (facts["registrations"] or facts["watermarks"])[0]["conversation"]
-                value = orjson.dumps(facts)
-                await conversations.send(key=first.encode(), value=value, partition=partition)
-            provider = msg.topic[len(settings.topic("raw.")) :]
-            if result.events:
-                metrics.NORMALIZED.labels(provider).inc(result.events)
-            for dead in result.dead:
-                metrics.DEADLETTERS.labels(provider).inc()
-                await deadletter.send(key=dead["id"].encode(), value=orjson.dumps(dead))
+        # Batches: one canonical record per target partition for many raw records, so
+        # the ordering agent pays Faust's per-record cost once per batch.
+        async for events in stream.take_events(NORMALIZE_BATCH, within=NORMALIZE_WITHIN):
+            grouped: dict[int, list[dict[str, Any]]] = {}
+            for event in events:
+                msg = event.message
+                result = normalize(event.value, msg.headers or [], settings.partitions, f"{msg.topic}:{msg.partition}:{msg.offset}")
+                watermark.processed(msg.tp, msg.offset, result.observed_at)
+                for partition, evs in result.by_partition.items():
+                    grouped.setdefault(partition, []).extend(evs)
+                for partition, facts in result.conversations.items():  # Messenger watermarks
+                    first = (facts["registrations"] or facts["watermarks"])[0]["conversation"]
+                    await send(settings.topic(CONVERSATIONS), first.encode(), orjson.dumps(facts), partition)
+                provider = msg.topic[len(settings.topic("raw.")) :]
+                if result.events:
+                    metrics.NORMALIZED.labels(provider).inc(result.events)
+                for dead in result.dead:
+                    metrics.DEADLETTERS.labels(provider).inc()
+                    await send(settings.topic(DEADLETTER), dead["id"].encode(), orjson.dumps(dead))
+            for partition, evs in grouped.items():
+                first = f"{evs[0]['provider']}:{evs[0]['provider_message_id']}"
+                await send(canonical_name, first.encode(), orjson.dumps({"events": evs}), partition)
 
     @app.agent(canonical, concurrency=1)
     async def ordering_agent(stream: Any) -> None:
@@ -262,10 +281,15 @@ def build(settings: Settings, read_model: ReadModel | None = None, check_interva
             msg = event.message
             events = orjson.loads(event.value)["events"]
             watermark.processed(msg.tp, msg.offset, max(float(e["observed_at"]) for e in events))
-            items = order_record(ordering_table, events, msg.offset)
+            batch = fast_ordering.begin(msg.partition)
+            items = order_record(batch, events, msg.offset)
+            await fast_ordering.write(msg.partition, batch)
+            counts: dict[str, int] = {}
             for it in items:
-                metrics.OUTCOMES.labels(it["o"]).inc()
-            await transitions.send(key=event.key, value=orjson.dumps({"items": items}), partition=msg.partition)
+                counts[it["o"]] = counts.get(it["o"], 0) + 1
+            for outcome, n in counts.items():
+                metrics.OUTCOMES.labels(outcome).inc(n)
+            await send(transitions_name, event.key or b"", orjson.dumps({"items": items}), msg.partition)
 
     @app.agent(transitions, concurrency=1)
     async def emitter_agent(stream: Any) -> None:
@@ -273,18 +297,27 @@ def build(settings: Settings, read_model: ReadModel | None = None, check_interva
             msg = event.message
             body = orjson.loads(event.value)
             wall = time.time()
+            batch = fast_emitter.begin(msg.partition)
+            logic = Emitter(batch, policy)
             if "check" in body:
-                out = emitter.on_check(float(body["check"]), msg.offset, wall)
+                out = logic.on_check(float(body["check"]), msg.offset, wall)
                 if out.fired:
                     metrics.DELIVERY_UNKNOWN.inc(out.fired)
             else:
-                out = emitter.on_transitions(body["items"], msg.offset, wall)
+                out = logic.on_transitions(body["items"], msg.offset, wall)
+            pending = deadlines.pending(batch)
+            await fast_emitter.write(msg.partition, batch)
             for key, ce in out.events:
-                await status.send(key=key.encode(), value=orjson.dumps(ce), partition=msg.partition)
-                metrics.EMITTED.labels(ce["data"]["status"]).inc()
+                await send(status_name, key.encode(), orjson.dumps(ce), msg.partition)
+            if out.events:
+                counts: dict[str, int] = {}
+                for _, ce in out.events:
+                    counts[ce["data"]["status"]] = counts.get(ce["data"]["status"], 0) + 1
+                for status_word, n in counts.items():
+                    metrics.EMITTED.labels(status_word).inc(n)
             if out.repeated:
                 metrics.REEMITTED.inc(out.repeated)
-            metrics.PENDING_DEADLINES.labels(str(msg.partition)).set(deadlines.pending(emitter_table))
+            metrics.PENDING_DEADLINES.labels(str(msg.partition)).set(pending)
             if read_model is not None and (out.docs or out.notes):
                 try:
                     read_model_queue.put_nowait((list(out.docs.values()), out.notes))
@@ -307,7 +340,7 @@ def build(settings: Settings, read_model: ReadModel | None = None, check_interva
         name = settings.topic(TRANSITIONS)
         for tp in assigned:
             if tp.topic == name:
-                await transitions.send(key=b"~check", value=orjson.dumps({"check": now}), partition=tp.partition)
+                await send(name, b"~check", orjson.dumps({"check": now}), tp.partition)
 
     if read_model is not None:
 

@@ -211,7 +211,7 @@ OCTOPODS_PLANS: list[tuple[str, str, list[tuple[float, str]], str]] = [
     ("O2", "whatsapp", [(0, "SENT"), (3, "READ")], "read"),
     ("O3", "sms", [(0, "SENT"), (3, "DELIVERED")], "delivered"),
     ("O4", "sms", [(0, "SENT"), (2, "DELIVERED")], "delivered"),
-    ("O5", "sms", [(0, "UNKNOWN"), (8, "DELIVERED")], "delivered"),
+    ("O5", "sms", [(0, "UNKNOWN"), (20, "DELIVERED")], "delivered"),
     ("O6", "whatsapp", [(0, "FAILED")], "failed"),
     ("O7", "whatsapp", [(0, "DELIVERED"), (3, "DELETED")], "delivered"),
     ("O8", "whatsapp", [(0, "SENT"), (2, "DELIVERED")], "delivered"),  # stays pending
@@ -368,7 +368,7 @@ async def test_poller_drives_registered_messages_to_their_final_status(
         assert len(stuck_bodies) == 1, stuck_bodies
         # at most one record per status change: 10x2 + 8 + 4 + 2 + 4
         assert len(records) <= 38 < len([s for s in ryze_seen if s.status == 200])
-        assert all((b"msgstatus-polled", b"1") in h for h, _ in records)
+        assert all(("msgstatus-polled", b"1") in h for h, _ in records)
 
         # 401: the token is rotated at Octopods; polling it stops, RyzeAPI goes on
         fake.octopods_token = "rotated"

@@ -31,9 +31,26 @@ def test_fixture(case: h.Case) -> None:
 
 
 EVENT_TYPES = [
-    "message", "unsend", "follow", "unfollow", "join", "leave", "memberJoined", "memberLeft",
-    "postback", "videoPlayComplete", "beacon", "accountLink", "things", "membership",
-    "module", "activated", "deactivated", "botSuspended", "botResumed", "brandNewType",
+    "message",
+    "unsend",
+    "follow",
+    "unfollow",
+    "join",
+    "leave",
+    "memberJoined",
+    "memberLeft",
+    "postback",
+    "videoPlayComplete",
+    "beacon",
+    "accountLink",
+    "things",
+    "membership",
+    "module",
+    "activated",
+    "deactivated",
+    "botSuspended",
+    "botResumed",
+    "brandNewType",
 ]
 
 
@@ -45,7 +62,9 @@ def test_every_event_type_is_ignored(kind: str) -> None:
     assert (result.watermarks, result.registrations) == ([], [])
 
 
-@pytest.mark.parametrize("body", [b"", b"x", b"[]", b"{}", b'{"events": {}}', b'{"destination": "U"}'])
+@pytest.mark.parametrize(
+    "body", [b"", b"x", b"[]", b"{}", b'{"events": {}}', b'{"destination": "U"}']
+)
 def test_wrong_framing(body: bytes) -> None:
     with pytest.raises(FramingError):
         line.parse(h.request("line", body))

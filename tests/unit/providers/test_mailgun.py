@@ -29,9 +29,7 @@ def row(status: str, word: str, category: str | None = None) -> h.Row:
 CASES = [
     h.Case("accepted.json", [row("queued", "accepted")]),
     h.Case("delivered.json", [row("delivered", "delivered")]),
-    h.Case(
-        "failed_permanent_bounce.json", [row("undelivered", "failed/permanent", "unreachable")]
-    ),
+    h.Case("failed_permanent_bounce.json", [row("undelivered", "failed/permanent", "unreachable")]),
     h.Case(
         "failed_permanent_suppress_bounce.json",
         [row("undelivered", "failed/permanent", "unreachable")],

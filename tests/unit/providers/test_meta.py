@@ -210,7 +210,8 @@ def test_messenger_delivery_watermark_only_becomes_a_watermark() -> None:
     del doc["entry"][0]["messaging"][0]["delivery"]["mids"]
     result = meta.parse(h.request("meta", json.dumps(doc).encode()))
     assert (result.events, result.dead) == ([], [])
-    assert [(w.conversation, w.kind) for w in result.watermarks] == [("1234567890:5678", "delivered")]
+    marks = [(w.conversation, w.kind) for w in result.watermarks]
+    assert marks == [("1234567890:5678", "delivered")]
 
 
 def test_unknown_object_is_ignored_not_fatal() -> None:

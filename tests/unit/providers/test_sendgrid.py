@@ -222,9 +222,7 @@ def test_signature_matches_sendgrid_published_example() -> None:
         "MEUCIQCtIHJeH93Y+qpYeWrySphQgpNGNr/U+UyUlBkU6n7RAwIgJTz2C+8a8xonZGi6BpSzoQsbVRamr2nlxFDWY"
         "NH2j/0="
     )
-    payload = (
-        b'{"category":"example_payload","event":"test_event","message_id":"message_id"}'
-    )
+    payload = b'{"category":"example_payload","event":"test_event","message_id":"message_id"}'
     headers = {sendgrid.SIGNATURE_HEADER: signature, sendgrid.TIMESTAMP_HEADER: "1588788367"}
     configured = h.settings(SENDGRID_PUBLIC_KEY=public)
     sendgrid.verify(h.request("sendgrid", payload, headers=headers), configured)
@@ -235,9 +233,11 @@ def test_signature_matches_sendgrid_published_example() -> None:
 def test_pem_public_key_is_accepted_too() -> None:
     from cryptography.hazmat.primitives import serialization
 
-    pem = KEY.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    pem = (
+        KEY.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     sendgrid.verify(signed(CONTRACT.body, PUBLIC), h.settings(SENDGRID_PUBLIC_KEY=pem))
 
 

@@ -274,7 +274,8 @@ def test_unsubscribe_confirmation_is_verified_like_a_confirmation() -> None:
 
 
 def test_subject_is_signed_when_present() -> None:
-    envelope = ses.notification(ses_event("send.json"), TOPIC, CERT_URL, message_id="m", subject="Hi")
+    event = ses_event("send.json")
+    envelope = ses.notification(event, TOPIC, CERT_URL, message_id="m", subject="Hi")
     req = signed_request(envelope)
     ses.verify(req, configured())
     changed = orjson.loads(req.body)
@@ -292,10 +293,13 @@ def test_string_to_sign_is_aws_canonical_form() -> None:
         "Timestamp": "2026-04-28T18:13:20.000Z",
         "UnsubscribeURL": "ignored",
     }
-    assert ses.string_to_sign(envelope) == (
-        "Message\nhello\nworld\nMessageId\nid-1\nTimestamp\n2026-04-28T18:13:20.000Z\n"
-        f"TopicArn\n{TOPIC}\nType\nNotification\n"
-    ).encode()
+    assert (
+        ses.string_to_sign(envelope)
+        == (
+            "Message\nhello\nworld\nMessageId\nid-1\nTimestamp\n2026-04-28T18:13:20.000Z\n"
+            f"TopicArn\n{TOPIC}\nType\nNotification\n"
+        ).encode()
+    )
     confirmation = fixture_envelope("subscription_confirmation.json")
     fields = ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type")
     expected = "".join(f"{name}\n{confirmation[name]}\n" for name in fields)
@@ -315,7 +319,7 @@ def test_string_to_sign_is_aws_canonical_form() -> None:
         (lambda e: e.update(TopicArn=TOPIC + "x"), "TopicArn"),
         (lambda e: e.pop("MessageId"), "cannot verify"),
         (lambda e: e.update(Type="Other"), "not an SNS Notification"),
-        (lambda e: e.update(SigningCertURL="http://sns.us-east-1.amazonaws.com/a.pem"), "SigningCertURL"),
+        (lambda e: e.update(SigningCertURL=CERT_URL.replace("https", "http")), "SigningCertURL"),
         (lambda e: e.update(SigningCertURL="https://evil.example.com/a.pem"), "SigningCertURL"),
     ],
 )
@@ -459,7 +463,8 @@ def test_subscribe_url_of_junk_is_none() -> None:
 
 
 @pytest.mark.parametrize(
-    ("switch", "expected"), [(None, True), ("1", True), ("0", False), ("false", False), ("off", False)]
+    ("switch", "expected"),
+    [(None, True), ("1", True), ("0", False), ("false", False), ("off", False)],
 )
 def test_auto_confirm_decision(switch: str | None, expected: bool) -> None:
     overrides = {} if switch is None else {"SES_AUTO_CONFIRM": switch}
@@ -470,7 +475,8 @@ def test_auto_confirm_decision(switch: str | None, expected: bool) -> None:
 def test_auto_confirm_only_for_allow_listed_topics() -> None:
     req = confirmation_request(TopicArn="arn:aws:sns:us-east-1:999999999999:stranger")
     assert ses.auto_confirm_url(req, configured()) is None
-    assert ses.auto_confirm_url(signed_request(fixture_envelope("delivery.json")), configured()) is None
+    notification = signed_request(fixture_envelope("delivery.json"))
+    assert ses.auto_confirm_url(notification, configured()) is None
 
 
 async def test_schedule_confirmation_runs_in_background(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -492,7 +498,8 @@ async def test_schedule_confirmation_runs_in_background(monkeypatch: pytest.Monk
 
 
 async def test_confirm_subscription_refuses_foreign_hosts() -> None:
-    assert await ses.confirm_subscription("https://evil.example.com/?Action=ConfirmSubscription") is False
+    url = "https://evil.example.com/?Action=ConfirmSubscription"
+    assert await ses.confirm_subscription(url) is False
 
 
 # --- robustness -------------------------------------------------------------------------

@@ -1,0 +1,197 @@
+"""Processor throughput: msgstatus's worker against two baselines over the same records.
+
+All three read the same raw topics on the same broker in the same run: a bare aiokafka
+consume -> produce passthrough (the ceiling), the naive Faust agent of
+`processors.bench.naive` (the floor a first Faust app gets), and `msgstatus worker`.
+Each rate is raw records divided by the time between its first and last output record
+(broker CreateTime), after it has consumed every record, so start-up is not counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from processors.bench import workload as wl
+from processors.config import Settings
+from processors.providers import REGISTRY
+from processors.topics import all_topics, ensure_topics
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+async def _ends(bootstrap: str, topics: list[str]) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or await _parts(consumer, t))]
+        return await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+
+
+async def _parts(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()
+    return consumer.partitions_for_topic(topic) or set()
+
+
+async def _committed(bootstrap: str, group: str) -> dict[TopicPartition, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+        return {tp: meta.offset for tp, meta in offsets.items()}
+    finally:
+        await admin.close()
+
+
+async def _output_span(bootstrap: str, topic: str) -> tuple[int, float, float]:
+    """Count and first/last CreateTime (s) of a topic's records."""
+    ends = await _ends(bootstrap, [topic])
+    total = sum(ends.values())
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    first, last = float("inf"), 0.0
+    try:
+        consumer.assign(list(ends))
+        await consumer.seek_to_beginning()
+        seen = 0
+        while seen < total:
+            batch = await consumer.getmany(timeout_ms=2000, max_records=50_000)
+            if not batch:
+                break
+            for records in batch.values():
+                for record in records:
+                    first = min(first, record.timestamp / 1000)
+                    last = max(last, record.timestamp / 1000)
+                seen += sum(len(r) for r in batch.values())
+    finally:
+        await consumer.stop()
+    return total, first, last
+
+
+async def _wait_consumed(bootstrap: str, group: str, topics: list[str], timeout: float) -> None:
+    ends = await _ends(bootstrap, topics)
+    target = {tp: end for tp, end in ends.items() if end > 0}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        committed = await _committed(bootstrap, group)
+        if all(committed.get(tp, -1) >= end for tp, end in target.items()):
+            return
+        await asyncio.sleep(1.0)
+    raise TimeoutError(f"group {group} did not consume {topics} within {timeout}s")
+
+
+def _spawn(args: list[str], env: dict[str, str], logfile: Path) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=logfile.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+async def passthrough(bootstrap: str, topics: list[str], sink: str, total: int) -> float:
+    """Bare aiokafka: consume every raw record and produce it again (acks=all)."""
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=f"pt-{uuid.uuid4().hex[:6]}",
+                                auto_offset_reset="earliest", enable_auto_commit=False, max_partition_fetch_bytes=4 << 20)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
+                                max_batch_size=512 * 1024)
+    await consumer.start()
+    await producer.start()
+    seen = 0
+    try:
+        while seen < total:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            futures = []
+            for records in batch.values():
+                for record in records:
+                    futures.append(await producer.send(sink, record.value, key=record.key, headers=list(record.headers)))
+                seen += len(records)
+            for future in futures:
+                await future
+            if batch:
+                await consumer.commit()
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    count, first, last = await _output_span(bootstrap, sink)
+    return count / max(last - first, 1e-6)
+
+
+async def run(bootstrap: str, workdir: Path, messages: int = 100_000, records: int = 1_000_000, quick: bool = False) -> dict[str, Any]:
+    if quick:
+        messages, records = 2_000, 20_000
+    prefix = f"b{uuid.uuid4().hex[:6]}."
+    settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix, partitions=4)
+    await ensure_topics(settings, all_topics(settings, REGISTRY))
+    log(f"building {records} raw records for {messages} messages")
+    work = wl.build(settings, messages, records)
+    log("producing them")
+    produce_seconds = await wl.produce(bootstrap, work.records)
+    raw_topics = [settings.topic(f"raw.{n}") for n in REGISTRY]
+    total = len(work.records)
+    result: dict[str, Any] = {"records": total, "messages": messages, "statuses": work.statuses,
+                              "produce_rate": total / produce_seconds}
+
+    log("baseline: aiokafka passthrough")
+    await ensure_topics(Settings(kafka_bootstrap=bootstrap, partitions=4), [f"{prefix}pt.out"])
+    result["passthrough"] = await passthrough(bootstrap, raw_topics, f"{prefix}pt.out", total)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSGSTATUS_")}
+    timeout = 1800 if not quick else 120
+    log("baseline: naive Faust agent")
+    naive = _spawn([sys.executable, "-m", "processors.bench.naive", bootstrap, prefix, str(workdir / "naive")], env, workdir / "naive.log")
+    try:
+        await _wait_consumed(bootstrap, f"{prefix}naive", raw_topics, timeout)
+    finally:
+        _stop(naive)
+    count, first, last = await _output_span(bootstrap, f"{prefix}naive.out")
+    result["naive_faust"] = count / max(last - first, 1e-6)
+
+    log("msgstatus worker")
+    worker_env = {**env, "MSGSTATUS_KAFKA_BOOTSTRAP": bootstrap, "MSGSTATUS_TOPIC_PREFIX": prefix,
+                  "MSGSTATUS_DATA_DIR": str(workdir / "worker"), "MSGSTATUS_METRICS_PORT": "0",
+                  "MSGSTATUS_LOG_LEVEL": "WARNING"}
+    worker = _spawn([sys.executable, "-m", "processors.cli", "worker", "--no-read-model"], worker_env, workdir / "worker.log")
+    try:
+        await _wait_consumed(bootstrap, f"{prefix}msgstatus", raw_topics + [settings.topic("status.canonical"), settings.topic("status.transitions")], timeout)
+    finally:
+        _stop(worker)
+    count, first, last = await _output_span(bootstrap, settings.topic("message.status"))
+    result["msgstatus"] = total / max(last - first, 1e-6)
+    result["status_events"] = count
+    result["ratio_vs_naive"] = result["msgstatus"] / result["naive_faust"]
+    result["ratio_vs_passthrough"] = result["msgstatus"] / result["passthrough"]
+    result["prefix"] = prefix
+    return result
+
+
+if __name__ == "__main__":
+    import json
+
+    bootstrap = sys.argv[1]
+    n_records = int(sys.argv[2]) if len(sys.argv) > 2 else 100_000
+    n_messages = int(sys.argv[3]) if len(sys.argv) > 3 else n_records // 10
+    work = Path(f"/tmp/bench-{uuid.uuid4().hex[:6]}")
+    work.mkdir()
+    print(json.dumps(asyncio.run(run(bootstrap, work, n_messages, n_records)), indent=2))
