@@ -84,11 +84,15 @@ async def _output_span(bootstrap: str, topic: str) -> tuple[int, float, float]:
     return total, first, last
 
 
-async def _wait_consumed(bootstrap: str, group: str, topics: list[str], timeout: float) -> None:
+async def _wait_consumed(bootstrap: str, group: str, topics: list[str], timeout: float,
+                         proc: subprocess.Popen | None = None, logfile: Path | None = None) -> None:
     ends = await _ends(bootstrap, topics)
     target = {tp: end for tp, end in ends.items() if end > 0}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = logfile.read_text(errors="replace")[-3000:] if logfile else ""
+            raise RuntimeError(f"process exited with {proc.returncode} before consuming everything:\n{tail}")
         committed = await _committed(bootstrap, group)
         if all(committed.get(tp, -1) >= end for tp, end in target.items()):
             return
@@ -162,7 +166,7 @@ async def run(bootstrap: str, workdir: Path, messages: int = 100_000, records: i
     log("baseline: naive Faust agent")
     naive = _spawn([sys.executable, "-m", "processors.bench.naive", bootstrap, prefix, str(workdir / "naive")], env, workdir / "naive.log")
     try:
-        await _wait_consumed(bootstrap, f"{prefix}naive", raw_topics, timeout)
+        await _wait_consumed(bootstrap, f"{prefix}naive", raw_topics, timeout, naive, workdir / "naive.log")
     finally:
         _stop(naive)
     count, first, last = await _output_span(bootstrap, f"{prefix}naive.out")
@@ -174,7 +178,8 @@ async def run(bootstrap: str, workdir: Path, messages: int = 100_000, records: i
                   "MSGSTATUS_LOG_LEVEL": "WARNING"}
     worker = _spawn([sys.executable, "-m", "processors.cli", "worker", "--no-read-model"], worker_env, workdir / "worker.log")
     try:
-        await _wait_consumed(bootstrap, f"{prefix}msgstatus", raw_topics + [settings.topic("status.canonical"), settings.topic("status.transitions")], timeout)
+        await _wait_consumed(bootstrap, f"{prefix}msgstatus-normalize", raw_topics, timeout, worker, workdir / "worker.log")
+        await _wait_consumed(bootstrap, f"{prefix}msgstatus", [settings.topic("status.canonical"), settings.topic("status.transitions")], timeout, worker, workdir / "worker.log")
     finally:
         _stop(worker)
     count, first, last = await _output_span(bootstrap, settings.topic("message.status"))

@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 import orjson
 
@@ -47,9 +47,23 @@ def load_form(body: bytes) -> list[tuple[str, str]]:
         raise FramingError("body is empty, expected a form")
     try:
         text = body.decode("utf-8")
-        return parse_qsl(text, keep_blank_values=True, strict_parsing=True)
-    except (UnicodeDecodeError, ValueError):
+    except UnicodeDecodeError:
         raise FramingError("body is not a valid application/x-www-form-urlencoded form") from None
+    # parse_qsl(keep_blank_values=True, strict_parsing=True), without its per-field
+    # overhead: it was the largest single cost of normalizing Twilio callbacks.
+    pairs = []
+    for field in text.split("&"):
+        name, sep, value = field.partition("=")
+        if not sep:
+            raise FramingError("body is not a valid application/x-www-form-urlencoded form")
+        pairs.append((_form_unquote(name), _form_unquote(value)))
+    return pairs
+
+
+def _form_unquote(text: str) -> str:
+    if "+" in text:
+        text = text.replace("+", " ")
+    return unquote(text) if "%" in text else text
 
 
 def looks_like_json(request: WebhookRequest) -> bool:

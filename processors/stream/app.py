@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from mode import CrashingSupervisor
 import orjson
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -25,7 +26,7 @@ from processors.store.readmodel import ReadModel, ReadModelUnavailable
 from processors.stream import deadlines, metrics
 from processors.stream.emission import Emitter, Policy
 from processors.stream.fasttable import FastTable
-from processors.stream.normalize import normalize
+from processors.stream.normalizer import Normalizer
 from processors.stream.ordering import order_record
 from processors.stream.watermarks import expand_record
 from processors.topics import (
@@ -76,9 +77,6 @@ def _consumer_init(self: Any, *args: Any, **kwargs: Any) -> None:
 
 
 faust_consumer.Consumer.__init__ = _consumer_init  # type: ignore[method-assign]
-
-NORMALIZE_BATCH = 2000  # raw records per canonical batch
-NORMALIZE_WITHIN = 0.02  # seconds a batch may wait to fill: bounds the added latency
 
 NOISY_LOGGERS = ("faust", "mode", "aiokafka", "kafka", "rocksdict", "asyncio")
 
@@ -191,13 +189,13 @@ def build(settings: Settings, read_model: ReadModel | None = None, check_interva
         autodiscover=False,
         table_standby_replicas=0,
         stream_wait_empty=False,
+        # An agent that crashes must take the worker down (and its supervisor restarts
+        # it) rather than leave a process that looks alive and processes nothing.
+        agent_supervisor=CrashingSupervisor,
     )
     raw_names = [raw_topic(settings, name) for name in providers.REGISTRY]
-    raw_in = app.topic(*raw_names, value_type=bytes, value_serializer="raw", key_serializer="raw")
     canonical = app.topic(settings.topic(CANONICAL), value_type=bytes, value_serializer="raw", key_serializer="raw", partitions=settings.partitions)
     transitions = app.topic(settings.topic(TRANSITIONS), value_type=bytes, value_serializer="raw", key_serializer="raw", partitions=settings.partitions)
-    status = app.topic(settings.topic(STATUS), value_type=bytes, value_serializer="raw", key_serializer="raw", partitions=settings.partitions)
-    deadletter = app.topic(settings.topic(DEADLETTER), value_type=bytes, value_serializer="raw", key_serializer="raw")
     ordering_table = _raw_table(app, "ordering", settings.partitions)
     emitter_table = _raw_table(app, "emitter", settings.partitions)
     watermark = Watermark()
@@ -250,30 +248,18 @@ def build(settings: Settings, read_model: ReadModel | None = None, check_interva
         that producer before it commits the input offsets (at-least-once)."""
         await app.producer._ensure_producer().send(topic, value, key=key, partition=partition)
 
-    @app.agent(raw_in)
-    async def normalize_agent(stream: Any) -> None:
-        # Batches: one canonical record per target partition for many raw records, so
-        # the ordering agent pays Faust's per-record cost once per batch.
-        async for events in stream.take_events(NORMALIZE_BATCH, within=NORMALIZE_WITHIN):
-            grouped: dict[int, list[dict[str, Any]]] = {}
-            for event in events:
-                msg = event.message
-                result = normalize(event.value, msg.headers or [], settings.partitions, f"{msg.topic}:{msg.partition}:{msg.offset}")
-                watermark.processed(msg.tp, msg.offset, result.observed_at)
-                for partition, evs in result.by_partition.items():
-                    grouped.setdefault(partition, []).extend(evs)
-                for partition, facts in result.conversations.items():  # Messenger watermarks
-                    first = (facts["registrations"] or facts["watermarks"])[0]["conversation"]
-                    await send(settings.topic(CONVERSATIONS), first.encode(), orjson.dumps(facts), partition)
-                provider = msg.topic[len(settings.topic("raw.")) :]
-                if result.events:
-                    metrics.NORMALIZED.labels(provider).inc(result.events)
-                for dead in result.dead:
-                    metrics.DEADLETTERS.labels(provider).inc()
-                    await send(settings.topic(DEADLETTER), dead["id"].encode(), orjson.dumps(dead))
-            for partition, evs in grouped.items():
-                first = f"{evs[0]['provider']}:{evs[0]['provider_message_id']}"
-                await send(canonical_name, first.encode(), orjson.dumps({"events": evs}), partition)
+    normalizer = Normalizer(
+        settings,
+        f"{app_id}-normalize",
+        raw_names,
+        send,
+        lambda: app.producer._ensure_producer().flush(),
+        watermark,
+    )
+
+    @app.task
+    async def normalize_stage() -> None:
+        await normalizer.run()
 
     @app.agent(canonical, concurrency=1)
     async def ordering_agent(stream: Any) -> None:
@@ -298,7 +284,7 @@ def build(settings: Settings, read_model: ReadModel | None = None, check_interva
             body = orjson.loads(event.value)
             wall = time.time()
             batch = fast_emitter.begin(msg.partition)
-            logic = Emitter(batch, policy)
+            logic = Emitter(batch, policy, history=read_model is not None)
             if "check" in body:
                 out = logic.on_check(float(body["check"]), msg.offset, wall)
                 if out.fired:
@@ -324,7 +310,7 @@ def build(settings: Settings, read_model: ReadModel | None = None, check_interva
                 except asyncio.QueueFull:
                     metrics.READ_MODEL_DROPPED.inc()
 
-    upstream_topics = {*raw_names, settings.topic(CANONICAL), settings.topic(CONVERSATIONS)}
+    upstream_topics = {settings.topic(CANONICAL), settings.topic(CONVERSATIONS)}
     interval = check_interval or max(0.2, min(1.0, settings.delivery_unknown_after / 4))
 
     @app.timer(interval=interval)
@@ -334,6 +320,7 @@ def build(settings: Settings, read_model: ReadModel | None = None, check_interva
         assigned = app.consumer.assignment()
         upstream = [tp for tp in assigned if tp.topic in upstream_topics]
         inputs = [(tp, _end_offset(app, tp), app.consumer._committed_offset.get(tp)) for tp in upstream]
+        inputs += normalizer.inputs()
         now = watermark.now(time.time(), inputs)
         if now is None:
             return

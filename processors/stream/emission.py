@@ -97,9 +97,10 @@ def _unknown_history(ce: dict[str, Any], now: float) -> dict[str, Any]:
 
 
 class Emitter:
-    def __init__(self, table: MutableMapping[str, bytes], policy: Policy) -> None:
+    def __init__(self, table: MutableMapping[str, bytes], policy: Policy, history: bool = True) -> None:
         self.table = table
         self.policy = policy
+        self.history = history  # read-model history entries; off when there is no read model
 
     def on_transitions(self, items: list[dict[str, Any]], src: int, now: float) -> Output:
         out = Output()
@@ -107,7 +108,8 @@ class Emitter:
             event = it["ev"]
             key = f"{event['provider']}:{event['provider_message_id']}"
             if it["o"] != APPLIED:
-                out.notes.append((key, _history(event, it["o"], None)))
+                if self.history:
+                    out.notes.append((key, _history(event, it["o"], None)))
                 continue
             state = _load(self.table, key) or {"seq": 0, "li": 0, "told": None, "dl": None, "m": _meta(event), "out": {}}
             index = it["i"]
@@ -128,8 +130,9 @@ class Emitter:
             state["out"][str(index)] = [src, sequence, told, now]
             self.table[key] = orjson.dumps(state)
             out.events.append((key, ce))
-            out.notes.append((key, _history(event, APPLIED, sequence)))
-            out.docs[key] = self._doc(state, ce)
+            if self.history:
+                out.notes.append((key, _history(event, APPLIED, sequence)))
+                out.docs[key] = self._doc(state, ce)
         return out
 
     def _schedule(self, state: dict[str, Any], key: str, event: dict[str, Any], it: dict[str, Any]) -> None:
@@ -167,8 +170,9 @@ class Emitter:
             self.table[key] = orjson.dumps(state)
             fired.append(key)
             out.events.append((key, ce))
-            out.notes.append((key, _unknown_history(ce, now)))
-            out.docs[key] = self._doc(state, ce)
+            if self.history:
+                out.notes.append((key, _unknown_history(ce, now)))
+                out.docs[key] = self._doc(state, ce)
         if fired:
             deadlines.add_pending(self.table, -len(fired))
             self._remember_fired(src, fired)

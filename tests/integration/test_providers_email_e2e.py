@@ -62,8 +62,14 @@ def sendgrid_request(events: list[dict[str, Any]]) -> tuple[str, bytes, dict[str
 
 def sendgrid_events(now: int, good: str, bounced: str) -> list[dict[str, Any]]:
     def ev(sg_id: str, word: str, offset: int, **extra: Any) -> dict[str, Any]:
-        return {"email": "a@example.com", "timestamp": now + offset, "event": word,
-                "sg_event_id": uuid.uuid4().hex, "sg_message_id": sg_id, **extra}  # fmt: skip
+        return {
+            "email": "a@example.com",
+            "timestamp": now + offset,
+            "event": word,
+            "sg_event_id": uuid.uuid4().hex,
+            "sg_message_id": sg_id,
+            **extra,
+        }
 
     return [
         ev(good, "open", 3),  # late-arriving order: open before delivered
@@ -73,9 +79,15 @@ def sendgrid_events(now: int, good: str, bounced: str) -> list[dict[str, Any]]:
         ev(good, "delivered", 2, response="250 OK"),  # a duplicate, as SendGrid sends them
         ev(bounced, "processed", 0),
         ev(bounced, "deferred", 1, response="450 try later"),
-        ev(bounced, "bounce", 5, status="5.1.1", type="bounce",
-           reason="550 5.1.1 The email account does not exist",
-           bounce_classification="Invalid Address"),  # fmt: skip
+        ev(
+            bounced,
+            "bounce",
+            5,
+            status="5.1.1",
+            type="bounce",
+            reason="550 5.1.1 The email account does not exist",
+            bounce_classification="Invalid Address",
+        ),
     ]
 
 
@@ -87,8 +99,13 @@ def ses_request(event: dict[str, Any]) -> tuple[str, bytes, dict[str, str]]:
 
 def ses_event(kind: str, message_id: str, at: float, **details: Any) -> dict[str, Any]:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(at))
-    mail = {"timestamp": stamp, "messageId": message_id, "sendingAccountId": "123456789012",
-            "source": "sender@example.com", "destination": ["recipient@example.com"]}  # fmt: skip
+    mail = {
+        "timestamp": stamp,
+        "messageId": message_id,
+        "sendingAccountId": "123456789012",
+        "source": "sender@example.com",
+        "destination": ["recipient@example.com"],
+    }
     event: dict[str, Any] = {"eventType": kind, "mail": mail}
     if details:
         event[kind.lower()] = {"timestamp": stamp, **details}
@@ -101,12 +118,20 @@ def mailgun_request(event_data: dict[str, Any]) -> tuple[str, bytes, dict[str, s
 
 
 def mailgun_event(word: str, message_id: str, at: float, **extra: Any) -> dict[str, Any]:
-    return {"event": word, "timestamp": at, "id": uuid.uuid4().hex, "recipient": "a@example.com",
-            "message": {"headers": {"message-id": message_id}}, **extra}  # fmt: skip
+    return {
+        "event": word,
+        "timestamp": at,
+        "id": uuid.uuid4().hex,
+        "recipient": "a@example.com",
+        "message": {"headers": {"message-id": message_id}},
+        **extra,
+    }
 
 
 def meta_request(messaging: list[dict[str, Any]]) -> tuple[str, bytes, dict[str, str]]:
-    body = orjson.dumps({"object": "page", "entry": [{"id": PAGE, "time": 0, "messaging": messaging}]})
+    body = orjson.dumps(
+        {"object": "page", "entry": [{"id": PAGE, "time": 0, "messaging": messaging}]}
+    )
     return "/webhooks/meta", body, meta.sign("", body, META_SECRET)
 
 
@@ -144,33 +169,64 @@ async def test_email_and_messenger_watermarks_end_to_end(kafka, topic_prefix, tm
         ses_request(ses_event("Open", ses_ok, now + 3, ipAddress="192.0.2.1")),
         ses_request(ses_event("Delivery", ses_ok, now + 1, recipients=["recipient@example.com"])),
         ses_request(ses_event("Send", ses_bounce, now)),
-        ses_request(ses_event(
-            "Bounce", ses_bounce, now + 2, bounceType="Permanent", bounceSubType="NoEmail",
-            bouncedRecipients=[{"emailAddress": "recipient@example.com", "status": "5.1.1",
-                                "diagnosticCode": "smtp; 550 5.1.1 user unknown"}],
-        )),  # fmt: skip
-        ses_request(ses_event(
-            "Bounce", ses_bounce, now + 1, bounceType="Transient", bounceSubType="MailboxFull"
-        )),
+        ses_request(
+            ses_event(
+                "Bounce",
+                ses_bounce,
+                now + 2,
+                bounceType="Permanent",
+                bounceSubType="NoEmail",
+                bouncedRecipients=[
+                    {
+                        "emailAddress": "recipient@example.com",
+                        "status": "5.1.1",
+                        "diagnosticCode": "smtp; 550 5.1.1 user unknown",
+                    }
+                ],
+            )
+        ),
+        ses_request(
+            ses_event(
+                "Bounce", ses_bounce, now + 1, bounceType="Transient", bounceSubType="MailboxFull"
+            )
+        ),
         mailgun_request(mailgun_event("accepted", mg_ok, now)),
         mailgun_request(mailgun_event("opened", mg_ok, now + 3)),
         mailgun_request(mailgun_event("delivered", mg_ok, now + 1)),
         mailgun_request(mailgun_event("accepted", mg_bounce, now)),
         mailgun_request(mailgun_event("failed", mg_bounce, now + 1, severity="temporary")),
-        mailgun_request(mailgun_event(
-            "failed", mg_bounce, now + 2, severity="permanent", reason="bounce",
-            **{"delivery-status": {"code": 550, "message": "5.1.1 mailbox does not exist"}},
-        )),  # fmt: skip
+        mailgun_request(
+            mailgun_event(
+                "failed",
+                mg_bounce,
+                now + 2,
+                severity="permanent",
+                reason="bounce",
+                **{"delivery-status": {"code": 550, "message": "5.1.1 mailbox does not exist"}},
+            )
+        ),
         # Messenger: three echoes of the page's own messages, then one read watermark
-        meta_request([
-            {"sender": {"id": PAGE}, "recipient": {"id": USER}, "timestamp": echo_ms + i,
-             "message": {"is_echo": True, "mid": mid, "text": f"hello {i}"}}
-            for i, mid in enumerate(mids)
-        ]),  # fmt: skip
-        meta_request([
-            {"sender": {"id": USER}, "recipient": {"id": PAGE}, "timestamp": echo_ms + 5000,
-             "read": {"watermark": echo_ms + 10}}
-        ]),  # fmt: skip
+        meta_request(
+            [
+                {
+                    "sender": {"id": PAGE},
+                    "recipient": {"id": USER},
+                    "timestamp": echo_ms + i,
+                    "message": {"is_echo": True, "mid": mid, "text": f"hello {i}"},
+                }
+                for i, mid in enumerate(mids)
+            ]
+        ),
+        meta_request(
+            [
+                {
+                    "sender": {"id": USER},
+                    "recipient": {"id": PAGE},
+                    "timestamp": echo_ms + 5000,
+                    "read": {"watermark": echo_ms + 10},
+                }
+            ]
+        ),
     ]
     try:
         for path, body, headers in requests:
@@ -184,14 +240,18 @@ async def test_email_and_messenger_watermarks_end_to_end(kafka, topic_prefix, tm
         body, headers = ses.sign(stranger, SNS_KEY)
         assert await post(url, "/webhooks/ses", body, headers) == 401
         stale = mailgun.sign(mailgun_event("delivered", mg_ok, now), MAILGUN_KEY, 1, "t")
-        assert await post(url, "/webhooks/mailgun", stale, {"content-type": "application/json"}) == 401
+        assert (
+            await post(url, "/webhooks/mailgun", stale, {"content-type": "application/json"}) == 401
+        )
         # a verified SubscriptionConfirmation is accepted; auto-confirm is off in tests
         confirm = ses.subscription_confirmation(TOPIC, CERT_URL, message_id="c", token="t0k")
         body, headers = ses.sign(confirm, SNS_KEY)
         assert await post(url, "/webhooks/ses", body, headers) == 200
         # LINE: verified and kept, never a status
         line_body = b'{"destination": "U1", "events": [{"type": "follow", "timestamp": 1}]}'
-        assert await post(url, "/webhooks/line", line_body, line.sign(line_body, LINE_SECRET)) == 200
+        assert (
+            await post(url, "/webhooks/line", line_body, line.sign(line_body, LINE_SECRET)) == 200
+        )
 
         def done(by_key: dict[str, list[dict[str, Any]]]) -> bool:
             return all(last_status(by_key.get(k, [])) == want for k, want in expected.items())

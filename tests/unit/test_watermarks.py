@@ -213,3 +213,22 @@ def test_normalize_without_facts_has_no_conversations():
     body = (Path(__file__).parents[1] / "fixtures/meta/delivered.json").read_bytes()
     value, headers = raw_record(body)
     assert normalize(value, headers, 4, "raw.meta:0:8").conversations == {}
+
+
+# --- the conversation agent's topic and table ---------------------------------------------
+
+
+def test_worker_tables_have_their_changelogs_created_up_front(tmp_path):
+    """all_topics() names every Faust changelog the worker declares (topics.TABLES)."""
+    from processors import providers
+    from processors.config import Settings
+    from processors.stream.app import build
+    from processors.topics import CONVERSATIONS, all_topics
+
+    settings = Settings(data_dir=str(tmp_path), topic_prefix="tunit.")
+    app = build(settings)
+    changelogs = {table.changelog_topic.get_topic_name() for table in app.tables.values()}
+    names = all_topics(settings, providers.REGISTRY)
+    assert "conversations" in app.tables
+    assert changelogs <= set(names)
+    assert settings.topic(CONVERSATIONS) in names

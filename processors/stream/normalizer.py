@@ -1,0 +1,141 @@
+"""The normalize stage: raw topics -> `status.canonical`, in batches.
+
+Normalizing keeps no state, so it does not need Faust's per-message machinery: in a
+profile of the worker, Faust's consumer plumbing for the raw topics (a task and an Event
+per record, acking, the conductor) took more time than parsing itself. This stage
+runs inside the worker as one aiokafka consumer (its own consumer group) reading a few
+thousand raw records at a time, writes one canonical record per target partition and
+batch through the worker's producer, flushes, and only then commits its offsets: at
+least once, and every later stage is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+
+from processors.config import Settings
+from processors.stream import metrics
+from processors.stream.normalize import normalize
+
+log = logging.getLogger(__name__)
+
+# Keeps a canonical record, and the transitions record the ordering agent makes of it
+# (events plus outcomes), well under Kafka's 1 MB default message size.
+MAX_EVENTS_PER_RECORD = 500
+
+Send = Callable[[str, bytes, bytes, int | None], Awaitable[None]]
+
+
+class Normalizer:
+    def __init__(
+        self,
+        settings: Settings,
+        group_id: str,
+        topics: list[str],
+        send: Send,
+        flush: Callable[[], Awaitable[None]],
+        watermark: Any,
+        batch: int = 5000,
+    ) -> None:
+        self.settings = settings
+        self.group_id = group_id
+        self.topics = topics
+        self.send = send
+        self.flush = flush
+        self.watermark = watermark
+        self.batch = batch
+        self.consumer: AIOKafkaConsumer | None = None
+        self._committed: dict[Any, int] = {}  # per assigned partition, for the watermark
+
+    def inputs(self) -> list[tuple[Any, int | None, int | None]]:
+        """(partition, end offset, committed) of every raw partition this worker reads."""
+        consumer = self.consumer
+        if consumer is None:
+            return [("raw:not-started", None, None)]
+        out: list[tuple[Any, int | None, int | None]] = []
+        for tp in consumer.assignment():
+            try:
+                end = consumer.highwater(tp)
+            except (AssertionError, KafkaError):
+                end = None
+            if tp not in self._committed:
+                end = None  # its starting point is not known yet: hold the checks
+            out.append((tp, end, self._committed.get(tp)))
+        return out
+
+    async def _learn_assignment(self, consumer: AIOKafkaConsumer) -> None:
+        """Where each newly assigned partition starts, so one that has nothing new
+        (processed by a previous owner) does not hold the watermark back forever."""
+        assigned = consumer.assignment()
+        for tp in [tp for tp in self._committed if tp not in assigned]:
+            del self._committed[tp]
+        for tp in assigned:
+            if tp not in self._committed:
+                self._committed[tp] = await consumer.committed(tp) or 0
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            *self.topics,
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 << 20,
+            session_timeout_ms=int(self.settings.session_timeout * 1000),
+            heartbeat_interval_ms=int(max(0.5, self.settings.session_timeout / 10) * 1000),
+        )
+        await consumer.start()
+        self.consumer = consumer
+        try:
+            while True:
+                records = await consumer.getmany(timeout_ms=200, max_records=self.batch)
+                await self._learn_assignment(consumer)
+                if records:
+                    await self._process(records)
+                    await self.flush()
+                    offsets = {tp: recs[-1].offset + 1 for tp, recs in records.items()}
+                    await consumer.commit(offsets)
+                    self._committed.update(offsets)
+        except asyncio.CancelledError:
+            raise
+        finally:
+            self.consumer = None
+            await consumer.stop()
+
+    async def _process(self, records: dict[Any, list[Any]]) -> None:
+        settings = self.settings
+        raw_prefix = len(settings.topic("raw."))
+        grouped: dict[int, list[dict[str, Any]]] = {}
+        for tp, recs in records.items():
+            provider = tp.topic[raw_prefix:]
+            events = 0
+            for record in recs:
+                result = normalize(
+                    record.value, record.headers or [], settings.partitions,
+                    f"{tp.topic}:{tp.partition}:{record.offset}",
+                )
+                self.watermark.processed(tp, record.offset, result.observed_at)
+                for partition, evs in result.by_partition.items():
+                    grouped.setdefault(partition, []).extend(evs)
+                for partition, facts in result.conversations.items():  # Messenger watermarks
+                    first = (facts["registrations"] or facts["watermarks"])[0]["conversation"]
+                    await self.send(settings.topic("status.conversations"), first.encode(), orjson.dumps(facts), partition)
+                events += result.events
+                for dead in result.dead:
+                    metrics.DEADLETTERS.labels(provider).inc()
+                    await self.send(settings.topic("status.deadletter"), dead["id"].encode(), orjson.dumps(dead), None)
+            if events:
+                metrics.NORMALIZED.labels(provider).inc(events)
+        canonical = settings.topic("status.canonical")
+        for partition, evs in grouped.items():
+            for start in range(0, len(evs), MAX_EVENTS_PER_RECORD):
+                chunk = evs[start : start + MAX_EVENTS_PER_RECORD]
+                first = f"{chunk[0]['provider']}:{chunk[0]['provider_message_id']}"
+                await self.send(canonical, first.encode(), orjson.dumps({"events": chunk}), partition)
