@@ -171,6 +171,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("message_key")
     pv = sub.add_parser("providers", help="coverage table: channels, statuses, signatures")
     pv.add_argument("--markdown", action="store_true", help="print it as a Markdown table")
+    b = sub.add_parser("bench", help="run the benchmarks side by side, write docs/benchmarks.md")
+    b.add_argument("bench_args", nargs=argparse.REMAINDER, help="--quick, --only SECTION..., --out FILE")
     sub.add_parser("poller", help="poll poll-only providers (RyzeAPI, Octopods) for statuses")
     d = sub.add_parser("demo", help="send signed demo webhooks to a running gateway")
     d.add_argument("--messages", type=int, default=300)
@@ -200,6 +202,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"msgstatus: {exc}", file=sys.stderr)
         return 2
     _logging(settings)
+    if args.command == "bench":
+        from processors.bench.__main__ import main as bench_main
+
+        return bench_main(args.bench_args)
     if args.command == "demo":
         from processors.demo import run_demo
 

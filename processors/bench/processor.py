@@ -143,6 +143,7 @@ async def passthrough(bootstrap: str, topics: list[str], sink: str, total: int) 
 
 
 async def run(bootstrap: str, workdir: Path, messages: int = 100_000, records: int = 1_000_000, quick: bool = False) -> dict[str, Any]:
+    workdir.mkdir(parents=True, exist_ok=True)
     if quick:
         messages, records = 2_000, 20_000
     prefix = f"b{uuid.uuid4().hex[:6]}."

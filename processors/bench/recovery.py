@@ -82,6 +82,7 @@ async def _probe_seen(settings: Settings, key: str, deadline: float) -> bool:
 
 
 async def run(bootstrap: str, workdir: Path, messages: int = 1_000_000, quick: bool = False) -> dict[str, Any]:
+    workdir.mkdir(parents=True, exist_ok=True)
     if quick:
         messages = 20_000
     prefix = f"r{uuid.uuid4().hex[:6]}."

@@ -1,0 +1,185 @@
+"""`make bench` / `msgstatus bench`: every figure measured side by side in one run.
+
+Starts its own Kafka broker (jars from deploy/local) on free loopback ports, runs the
+processor, gateway, end-to-end, recovery and deadline-tick benchmarks, prints the
+figures and writes docs/benchmarks.md. `--quick` shrinks everything to a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "deploy" / "local"))
+
+import infra  # noqa: E402
+
+from processors.bench import e2e, gateway, processor, recovery, ticks  # noqa: E402
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr.splitlines()[0]
+    return (f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.platform()}, Python {platform.python_version()}, "
+            f"{java}, Apache Kafka 3.9.1 single-node KRaft on 127.0.0.1 (heap 512 MB)")
+
+
+def f(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}"
+
+
+def report(results: dict[str, Any], quick: bool) -> str:
+    p, g, e, r, t = (results.get(k, {}) for k in ("processor", "gateway", "e2e", "recovery", "ticks"))
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured by `make bench` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+        + (" (QUICK smoke run: figures are not representative)" if quick else "") + ".",
+        "",
+        f"Machine: {results['machine']}.",
+        "",
+        "Every ratio compares figures measured in this same run, on this machine, against the same broker.",
+        "",
+        "## Processor (normalize + ordering with RocksDB state + emit), one worker process",
+        "",
+        f"{f(p.get('records'))} raw records ({f(p.get('statuses'))} provider statuses) for {f(p.get('messages'))} messages, "
+        "each status repeated (duplicates) and shuffled; Meta posts carry batches.",
+        "",
+        "| pipeline | raw records/s | vs naive Faust | vs passthrough |",
+        "|---|---:|---:|---:|",
+        f"| bare aiokafka consume -> produce passthrough (ceiling) | {f(p.get('passthrough'))} | | 1.00 |",
+        f"| naive Faust agent: RocksDB table + awaited send per event | {f(p.get('naive_faust'))} | 1.00 | |",
+        f"| **msgstatus worker** | **{f(p.get('msgstatus'))}** | **{f(p.get('ratio_vs_naive'), 2)}x** | **{f(p.get('ratio_vs_passthrough'), 2)}** |",
+        "",
+        f"It emitted {f(p.get('status_events'))} `message.status` events. Rates are records divided by the span between "
+        "each pipeline's first and last output record, after it consumed everything.",
+        "",
+        "## Gateway: signed, verified, durably written webhooks, one process",
+        "",
+        f"Load: {g.get('loadgen', 'n/a')} with {g.get('connections', 'n/a')} keep-alive connections on loopback, "
+        f"{g.get('duration_s', 'n/a')} s, pre-signed Twilio callbacks.",
+        "",
+        "| gateway | webhooks/s | p50 ms | p99 ms | errors |",
+        "|---|---:|---:|---:|---:|",
+        f"| with the acks=all Kafka write | {f(g.get('kafka_webhooks_per_s'))} | {f(g.get('kafka_p50_ms'), 1)} | {f(g.get('kafka_p99_ms'), 1)} | {f(g.get('kafka_errors'))} |",
+        f"| baseline: same server, no Kafka | {f(g.get('null_webhooks_per_s'))} | {f(g.get('null_p50_ms'), 1)} | {f(g.get('null_p99_ms'), 1)} | {f(g.get('null_errors'))} |",
+        "",
+        f"Ratio with/without Kafka: {f(g.get('kafka_vs_null_ratio'), 2)}. Gateway CPU per webhook: "
+        f"{f(g.get('kafka_gateway_cpu_us_per_webhook'), 0)} us with Kafka, {f(g.get('null_gateway_cpu_us_per_webhook'), 0)} us without. "
+        f"Raw records cover every 200: {g.get('raw_records_cover_200s', 'n/a')}.",
+        "",
+        "## End to end: webhook accepted -> `message.status` available",
+        "",
+        f"Offered {f(e.get('offered_rate_target'))}/s (achieved {f(e.get('offered_rate_achieved'), 0)}/s) for {f(e.get('duration_s'), 0)} s, "
+        "open loop, gateway and worker as separate processes.",
+        "",
+        "| p50 ms | p90 ms | p99 ms | max ms | matched | unmatched | errors |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {f(e.get('p50_ms'), 1)} | {f(e.get('p90_ms'), 1)} | {f(e.get('p99_ms'), 1)} | {f(e.get('max_ms'), 1)} | {f(e.get('matched'))} | {f(e.get('unmatched'))} | {f(e.get('errors'))} |",
+        "",
+        f"Median latency in the first / last quarter: {f(e.get('p50_first_quarter_ms'), 1)} / {f(e.get('p50_last_quarter_ms'), 1)} ms "
+        f"(a growing backlog would show here). CPU: worker {e.get('worker_cpu_cores', 'n/a')} cores, gateway "
+        f"{e.get('gateway_cpu_cores', 'n/a')}, sender {e.get('sender_cpu_cores', 'n/a')}.",
+        "",
+        "## Recovery",
+        "",
+        f"A worker on an empty disk with {f(r.get('messages'))} messages in state ({f(r.get('changelog_records'))} changelog records) "
+        f"was ready, a probe status through the whole pipeline, after **{f(r.get('ready_seconds'), 1)} s** (process start included).",
+        "",
+        "## Deadline tick cost (delivery_unknown)",
+        "",
+        "| pending deadlines | first tick (100 due) ms | idle tick ms |",
+        "|---:|---:|---:|",
+    ]
+    for key in ("small", "large"):
+        row = t.get(key, {})
+        lines.append(f"| {f(row.get('pending'))} | {f(row.get('first_tick_ms'), 2)} | {f(row.get('idle_tick_ms'), 3)} |")
+    lines += [
+        "",
+        f"Ratio of the first tick, large vs small: {f(t.get('ratio_first_tick'), 2)} (a scan of the table would make it ~100).",
+        "",
+        "## What the time went into, and what was tried",
+        "",
+        (ROOT / "docs" / "benchmarks-notes.md").read_text() if (ROOT / "docs" / "benchmarks-notes.md").exists() else "",
+        "",
+        "## Raw figures",
+        "",
+        "```json",
+        json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=2, default=str),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="msgstatus-bench-"))
+    results: dict[str, Any] = {"machine": machine()}
+    kport, cport = infra.free_ports(2)
+    broker = infra.KafkaBroker(kport, cport, workdir / "kafka", heap="512m", die_with_parent=True)
+    broker.start()
+    broker.wait_ready(120)
+    try:
+        bootstrap = broker.bootstrap
+        sections = args.only or ["processor", "gateway", "e2e", "recovery", "ticks"]
+        for name in sections:
+            started = time.monotonic()
+            print(f"[bench] === {name} ===", file=sys.stderr, flush=True)
+            if name == "processor":
+                results[name] = await processor.run(bootstrap, workdir / name, quick=args.quick)
+            elif name == "gateway":
+                results[name] = await gateway.run(bootstrap, workdir / name, quick=args.quick)
+            elif name == "e2e":
+                results[name] = await e2e.run(bootstrap, workdir / name, quick=args.quick)
+            elif name == "recovery":
+                results[name] = await recovery.run(bootstrap, workdir / name, quick=args.quick)
+            elif name == "ticks":
+                (workdir / name).mkdir(parents=True, exist_ok=True)
+                results[name] = ticks.run(workdir / name, quick=args.quick)
+            print(f"[bench] {name} took {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    finally:
+        broker.stop()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="msgstatus bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds per section")
+    parser.add_argument("--only", nargs="*", choices=["processor", "gateway", "e2e", "recovery", "ticks"])
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"), help="report file ('' to skip)")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    results = asyncio.run(main_async(args))
+    results["total_seconds"] = round(time.monotonic() - started, 1)
+    text = report(results, args.quick)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"[bench] wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
