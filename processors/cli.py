@@ -25,7 +25,9 @@ log = logging.getLogger("msgstatus")
 
 def _logging(settings: Settings) -> None:
     logging.basicConfig(
-        level=settings.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=settings.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
 
 
@@ -46,10 +48,14 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
         sink = NullSink() if args.null_sink else KafkaRawSink(settings)
         connect = asyncio.create_task(sink.start_when_reachable())
         try:
-            await asyncio.wait_for(ensure_topics(settings, all_topics(settings, providers.REGISTRY)), 30)
+            await asyncio.wait_for(
+                ensure_topics(settings, all_topics(settings, providers.REGISTRY)), 30
+            )
         except Exception as exc:  # Kafka may be down: webhooks then get 503 until it is back
             log.warning("could not create topics now (%s); continuing", exc)
-        read_model = ReadModel(settings.redis_url, settings.topic_prefix) if settings.api_token else None
+        read_model = (
+            ReadModel(settings.redis_url, settings.topic_prefix) if settings.api_token else None
+        )
         try:
             await serve(settings, sink, read_model)
         finally:
@@ -78,9 +84,13 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     loop.run_until_complete(ensure_topics(settings, all_topics(settings, providers.REGISTRY)))
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.http_host)
-    read_model = None if args.no_read_model else ReadModel(settings.redis_url, settings.topic_prefix)
+    read_model = (
+        None if args.no_read_model else ReadModel(settings.redis_url, settings.topic_prefix)
+    )
     app = build(settings, read_model)
-    worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, redirect_stdouts=False, quiet=True)
+    worker = faust.Worker(
+        app, loop=loop, loglevel=settings.log_level, redirect_stdouts=False, quiet=True
+    )
     quiet_logging(settings.log_level)
     worker.execute_from_commandline()
     return 0
@@ -172,7 +182,9 @@ def parser() -> argparse.ArgumentParser:
     pv = sub.add_parser("providers", help="coverage table: channels, statuses, signatures")
     pv.add_argument("--markdown", action="store_true", help="print it as a Markdown table")
     b = sub.add_parser("bench", help="run the benchmarks side by side, write docs/benchmarks.md")
-    b.add_argument("bench_args", nargs=argparse.REMAINDER, help="--quick, --only SECTION..., --out FILE")
+    b.add_argument(
+        "bench_args", nargs=argparse.REMAINDER, help="--quick, --only SECTION..., --out FILE"
+    )
     sub.add_parser("poller", help="poll poll-only providers (RyzeAPI, Octopods) for statuses")
     d = sub.add_parser("demo", help="send signed demo webhooks to a running gateway")
     d.add_argument("--messages", type=int, default=300)

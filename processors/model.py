@@ -192,7 +192,7 @@ def parse_time(value: Any) -> float | None:
             except ValueError:
                 return None
             if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=_dt.timezone.utc)
+                moment = moment.replace(tzinfo=_dt.UTC)
             return moment.timestamp()
     if number != number or number < 0 or number in (float("inf"), float("-inf")):
         return None

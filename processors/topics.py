@@ -7,6 +7,7 @@ partition count, so a fresh broker works without an operator step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Iterable
@@ -83,10 +84,8 @@ async def ensure_topics(settings: Settings, names: Iterable[str], timeout: float
             )
             for n in missing
         ]
-        try:
+        with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
             await admin.create_topics(new)
-        except TopicAlreadyExistsError:
-            pass  # another process won the race: fine
         log.info("created topics %s", missing)
         # Return only once the broker lists them, so clients started next see them all.
         deadline = asyncio.get_running_loop().time() + timeout

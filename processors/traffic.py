@@ -18,10 +18,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 
-from processors.providers import events as events_provider
 from processors.providers import meta, ryze, twilio
-
-
 
 T0 = 0  # provider timestamps: set by build_requests
 
@@ -81,8 +78,14 @@ PATHS: dict[str, list[tuple[list[str], str]]] = {
     ],
 }
 
-RYZE_CODES = {"queued": ("pending", 0), "sent": ("sent", 1), "delivered": ("delivered", 2),
-              "read": ("read", 4), "played": ("played", 5), "failed": ("error", -1)}
+RYZE_CODES = {
+    "queued": ("pending", 0),
+    "sent": ("sent", 1),
+    "delivered": ("delivered", 2),
+    "read": ("read", 4),
+    "played": ("played", 5),
+    "failed": ("error", -1),
+}
 TWILIO_ERRORS = {"undelivered": "30003", "failed": "30007"}
 
 
@@ -97,11 +100,17 @@ def make_messages(count: int, rng: random.Random, run_id: str) -> list[Message]:
             mid = f"SM{run_id}{i:08d}"
             messages.append(Message("twilio", mid, channel, path, expected, "AC" + "0" * 32))
         elif kind == "meta":
-            messages.append(Message("meta", f"wamid.{run_id}{i:08d}", "whatsapp", path, expected, "1065550000"))
+            messages.append(
+                Message("meta", f"wamid.{run_id}{i:08d}", "whatsapp", path, expected, "1065550000")
+            )
         elif kind == "ryze":
-            messages.append(Message("ryze", f"3EB0{run_id}{i:08d}", "whatsapp", path, expected, "demo-instance"))
+            messages.append(
+                Message("ryze", f"3EB0{run_id}{i:08d}", "whatsapp", path, expected, "demo-instance")
+            )
         else:
-            messages.append(Message("crm", f"msg-{run_id}-{i:08d}", "web", path, expected, "helpdesk"))
+            messages.append(
+                Message("crm", f"msg-{run_id}-{i:08d}", "web", path, expected, "helpdesk")
+            )
     return messages
 
 
@@ -131,23 +140,50 @@ def _twilio(msg: Message, status: str, base_url: str, token: str) -> Request:
 def _meta(items: list[tuple[Message, str, int]], base_url: str, secret: str) -> Request:
     statuses = []
     for msg, status, step in items:
-        entry: dict = {"id": msg.message_id, "status": status, "timestamp": str(T0 + step),
-                       "recipient_id": "15558675310"}
+        entry: dict = {
+            "id": msg.message_id,
+            "status": status,
+            "timestamp": str(T0 + step),
+            "recipient_id": "15558675310",
+        }
         if status == "failed":
             entry["errors"] = [{"code": 131047, "title": "Re-engagement message"}]
         statuses.append(entry)
-    payload = {"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [
-        {"field": "messages", "value": {"messaging_product": "whatsapp", "metadata": {
-            "display_phone_number": "15550783881", "phone_number_id": items[0][0].account},
-            "statuses": statuses}}]}]}
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "102290129340398",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": "15550783881",
+                                "phone_number_id": items[0][0].account,
+                            },
+                            "statuses": statuses,
+                        },
+                    }
+                ],
+            }
+        ],
+    }
     body = orjson.dumps(payload)
-    return Request("/webhooks/meta", meta.sign(base_url, body, secret), body, [m.key for m, _, _ in items])
+    return Request(
+        "/webhooks/meta", meta.sign(base_url, body, secret), body, [m.key for m, _, _ in items]
+    )
 
 
 def _ryze(msg: Message, status: str, step: int, token: str, use_code: bool) -> Request:
     word, code = RYZE_CODES[status]
-    data: dict = {"message_id": msg.message_id, "direction": "sent", "chat_jid": "5511999999999@s.whatsapp.net",
-                  "timestamp": T0 + step}
+    data: dict = {
+        "message_id": msg.message_id,
+        "direction": "sent",
+        "chat_jid": "5511999999999@s.whatsapp.net",
+        "timestamp": T0 + step,
+    }
     if use_code:
         data["status_code"] = code
     else:
@@ -157,8 +193,14 @@ def _ryze(msg: Message, status: str, step: int, token: str, use_code: bool) -> R
 
 
 def _event(msg: Message, status: str, step: int, api_token: str) -> Request:
-    item: dict = {"provider": msg.provider, "provider_message_id": msg.message_id, "channel": msg.channel,
-                  "status": status, "occurred_at": T0 + step, "account": msg.account}
+    item: dict = {
+        "provider": msg.provider,
+        "provider_message_id": msg.message_id,
+        "channel": msg.channel,
+        "status": status,
+        "occurred_at": T0 + step,
+        "account": msg.account,
+    }
     if status in ("failed", "rejected", "undelivered"):
         item["error"] = {"code": "E42", "category": "blocked", "description": "demo"}
     body = orjson.dumps(item)
@@ -184,11 +226,15 @@ def build_requests(
     for msg in messages:
         for step, status in enumerate(msg.path):
             if msg.provider == "twilio":
-                requests.append(_twilio(msg, status, base_url, secrets["MSGSTATUS_TWILIO_AUTH_TOKEN"]))
+                requests.append(
+                    _twilio(msg, status, base_url, secrets["MSGSTATUS_TWILIO_AUTH_TOKEN"])
+                )
             elif msg.provider == "meta":
                 meta_pending.append((msg, status, step))
             elif msg.provider == "ryze":
-                requests.append(_ryze(msg, status, step, secrets["MSGSTATUS_RYZE_TOKEN"], rng.random() < 0.5))
+                requests.append(
+                    _ryze(msg, status, step, secrets["MSGSTATUS_RYZE_TOKEN"], rng.random() < 0.5)
+                )
             else:
                 requests.append(_event(msg, status, step, secrets["MSGSTATUS_API_TOKEN"]))
     rng.shuffle(meta_pending)
@@ -199,7 +245,9 @@ def build_requests(
     return requests
 
 
-def mess_up(requests: list[Request], rng: random.Random, duplicates: float = 0.25, late: float = 0.1) -> list[Request]:
+def mess_up(
+    requests: list[Request], rng: random.Random, duplicates: float = 0.25, late: float = 0.1
+) -> list[Request]:
     """Shuffle, duplicate some requests and move some to the very end (late retries)."""
     out = list(requests) + [r for r in requests if rng.random() < duplicates]
     rng.shuffle(out)
@@ -208,7 +256,9 @@ def mess_up(requests: list[Request], rng: random.Random, duplicates: float = 0.2
     return rest + held
 
 
-async def post_all(base_url: str, requests: list[Request], concurrency: int = 16, attempts: int = 60) -> dict[int, int]:
+async def post_all(
+    base_url: str, requests: list[Request], concurrency: int = 16, attempts: int = 60
+) -> dict[int, int]:
     """Post like a provider: retry on 503/connection errors with a pause; count answers."""
     answers: dict[int, int] = {}
     queue: asyncio.Queue[Request] = asyncio.Queue()
@@ -222,10 +272,12 @@ async def post_all(base_url: str, requests: list[Request], concurrency: int = 16
                 request = queue.get_nowait()
                 for _ in range(attempts):
                     try:
-                        async with session.post(base_url + request.path, data=request.body, headers=request.headers) as resp:
+                        async with session.post(
+                            base_url + request.path, data=request.body, headers=request.headers
+                        ) as resp:
                             await resp.read()
                             status = resp.status
-                    except (aiohttp.ClientError, asyncio.TimeoutError):
+                    except (TimeoutError, aiohttp.ClientError):
                         status = 0
                     if status in (0, 503):
                         await asyncio.sleep(0.5)

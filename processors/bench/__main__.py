@@ -37,9 +37,13 @@ def machine() -> str:
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr.splitlines()[0]
-    return (f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.platform()}, Python {platform.python_version()}, "
-            f"{java}, Apache Kafka 3.9.1 single-node KRaft on 127.0.0.1 (heap 512 MB)")
+    java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr.splitlines()[
+        0
+    ]
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.platform()}, Python {platform.python_version()}, "
+        f"{java}, Apache Kafka 3.9.1 single-node KRaft on 127.0.0.1 (heap 512 MB)"
+    )
 
 
 def f(value: Any, digits: int = 0) -> str:
@@ -51,12 +55,15 @@ def f(value: Any, digits: int = 0) -> str:
 
 
 def report(results: dict[str, Any], quick: bool) -> str:
-    p, g, e, r, t = (results.get(k, {}) for k in ("processor", "gateway", "e2e", "recovery", "ticks"))
+    p, g, e, r, t = (
+        results.get(k, {}) for k in ("processor", "gateway", "e2e", "recovery", "ticks")
+    )
     lines = [
         "# Benchmarks",
         "",
         f"Measured by `make bench` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-        + (" (QUICK smoke run: figures are not representative)" if quick else "") + ".",
+        + (" (QUICK smoke run: figures are not representative)" if quick else "")
+        + ".",
         "",
         f"Machine: {results['machine']}.",
         "",
@@ -70,7 +77,7 @@ def report(results: dict[str, Any], quick: bool) -> str:
         "| pipeline | raw records/s | vs naive Faust | vs passthrough |",
         "|---|---:|---:|---:|",
         f"| bare aiokafka consume -> produce passthrough (ceiling) | {f(p.get('passthrough'))} | | 1.00 |",
-        f"| naive Faust agent: RocksDB table + awaited send per event | {f(p.get('naive_faust'))} | 1.00 | |",
+        f"| naive Faust agent: RocksDB table + awaited send per event (first {f(p.get('naive_faust_records'))} records) | {f(p.get('naive_faust'))} | 1.00 | |",
         f"| **msgstatus worker** | **{f(p.get('msgstatus'))}** | **{f(p.get('ratio_vs_naive'), 2)}x** | **{f(p.get('ratio_vs_passthrough'), 2)}** |",
         "",
         f"It emitted {f(p.get('status_events'))} `message.status` events. Rates are records divided by the span between "
@@ -115,14 +122,18 @@ def report(results: dict[str, Any], quick: bool) -> str:
     ]
     for key in ("small", "large"):
         row = t.get(key, {})
-        lines.append(f"| {f(row.get('pending'))} | {f(row.get('first_tick_ms'), 2)} | {f(row.get('idle_tick_ms'), 3)} |")
+        lines.append(
+            f"| {f(row.get('pending'))} | {f(row.get('first_tick_ms'), 2)} | {f(row.get('idle_tick_ms'), 3)} |"
+        )
     lines += [
         "",
         f"Ratio of the first tick, large vs small: {f(t.get('ratio_first_tick'), 2)} (a scan of the table would make it ~100).",
         "",
         "## What the time went into, and what was tried",
         "",
-        (ROOT / "docs" / "benchmarks-notes.md").read_text() if (ROOT / "docs" / "benchmarks-notes.md").exists() else "",
+        (ROOT / "docs" / "benchmarks-notes.md").read_text()
+        if (ROOT / "docs" / "benchmarks-notes.md").exists()
+        else "",
         "",
         "## Raw figures",
         "",
@@ -158,7 +169,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             elif name == "ticks":
                 (workdir / name).mkdir(parents=True, exist_ok=True)
                 results[name] = ticks.run(workdir / name, quick=args.quick)
-            print(f"[bench] {name} took {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+            print(
+                f"[bench] {name} took {time.monotonic() - started:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
     finally:
         broker.stop()
     return results
@@ -166,9 +181,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="msgstatus bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds per section")
-    parser.add_argument("--only", nargs="*", choices=["processor", "gateway", "e2e", "recovery", "ticks"])
-    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"), help="report file ('' to skip)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run of a few seconds per section"
+    )
+    parser.add_argument(
+        "--only", nargs="*", choices=["processor", "gateway", "e2e", "recovery", "ticks"]
+    )
+    parser.add_argument(
+        "--out", default=str(ROOT / "docs" / "benchmarks.md"), help="report file ('' to skip)"
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     results = asyncio.run(main_async(args))

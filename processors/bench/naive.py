@@ -25,7 +25,9 @@ def main() -> None:
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
     )
-    source = app.topic(*[f"{prefix}raw.{name}" for name in REGISTRY], value_type=bytes, value_serializer="raw")
+    source = app.topic(
+        *[f"{prefix}raw.{name}" for name in REGISTRY], value_type=bytes, value_serializer="raw"
+    )
     sink = app.topic(f"{prefix}naive.out", value_type=bytes, value_serializer="raw")
     table = app.Table("naive", default=int, partitions=4)
 

@@ -31,12 +31,33 @@ from processors.topics import all_topics, ensure_topics, partition_for
 
 def _states(key: str, now: float) -> tuple[bytes, bytes]:
     provider, mid = key.split(":", 1)
-    ordering = orjson.dumps({"s": "delivered", "i": 2, "a": ["sent", "delivered"], "c": 0,
-                             "r": {"sent|sent": [11, "applied", 1, None, []],
-                                   "delivered|delivered": [12, "applied", 2, "sent", []]}})
-    emitter = orjson.dumps({"seq": 2, "li": 2, "told": "delivered", "dl": None,
-                            "m": {"provider": provider, "provider_message_id": mid, "channel": "sms", "account": "AC1"},
-                            "out": {"1": [21, 1, None, now], "2": [22, 2, "sent", now]}})
+    ordering = orjson.dumps(
+        {
+            "s": "delivered",
+            "i": 2,
+            "a": ["sent", "delivered"],
+            "c": 0,
+            "r": {
+                "sent|sent": [11, "applied", 1, None, []],
+                "delivered|delivered": [12, "applied", 2, "sent", []],
+            },
+        }
+    )
+    emitter = orjson.dumps(
+        {
+            "seq": 2,
+            "li": 2,
+            "told": "delivered",
+            "dl": None,
+            "m": {
+                "provider": provider,
+                "provider_message_id": mid,
+                "channel": "sms",
+                "account": "AC1",
+            },
+            "out": {"1": [21, 1, None, now], "2": [22, 2, "sent", now]},
+        }
+    )
     return ordering, emitter
 
 
@@ -44,8 +65,13 @@ async def fill(settings: Settings, messages: int) -> float:
     app_id = f"{settings.topic_prefix}{settings.app_id}"
     topics = [f"{app_id}-ordering-changelog", f"{app_id}-emitter-changelog"]
     await ensure_topics(settings, topics)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
-                                linger_ms=20, max_batch_size=512 * 1024)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=20,
+        max_batch_size=512 * 1024,
+    )
     await producer.start()
     started = time.perf_counter()
     now = time.time()
@@ -55,8 +81,12 @@ async def fill(settings: Settings, messages: int) -> float:
             key = f"twilio:SM{i:010d}"
             partition = partition_for(key, settings.partitions)
             ordering, emitter = _states(key, now)
-            pending.append(await producer.send(topics[0], ordering, key=key.encode(), partition=partition))
-            pending.append(await producer.send(topics[1], emitter, key=key.encode(), partition=partition))
+            pending.append(
+                await producer.send(topics[0], ordering, key=key.encode(), partition=partition)
+            )
+            pending.append(
+                await producer.send(topics[1], emitter, key=key.encode(), partition=partition)
+            )
             if len(pending) >= 40_000:
                 await asyncio.gather(*pending)
                 pending.clear()
@@ -67,8 +97,12 @@ async def fill(settings: Settings, messages: int) -> float:
 
 
 async def _probe_seen(settings: Settings, key: str, deadline: float) -> bool:
-    consumer = AIOKafkaConsumer(settings.topic("message.status"), bootstrap_servers=settings.kafka_bootstrap,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        settings.topic("message.status"),
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await consumer.start()
     try:
         while time.monotonic() < deadline:
@@ -81,7 +115,9 @@ async def _probe_seen(settings: Settings, key: str, deadline: float) -> bool:
         await consumer.stop()
 
 
-async def run(bootstrap: str, workdir: Path, messages: int = 1_000_000, quick: bool = False) -> dict[str, Any]:
+async def run(
+    bootstrap: str, workdir: Path, messages: int = 1_000_000, quick: bool = False
+) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     if quick:
         messages = 20_000
@@ -91,27 +127,50 @@ async def run(bootstrap: str, workdir: Path, messages: int = 1_000_000, quick: b
     log(f"recovery: writing the state of {messages} messages to the changelogs")
     fill_seconds = await fill(settings, messages)
     probe = f"probe{uuid.uuid4().hex[:6]}"
-    body = orjson.dumps({"provider": "crm", "provider_message_id": probe, "channel": "web", "status": "sent"})
-    webhook = WebhookRequest("events", "POST", "http://127.0.0.1/v1/events", {"content-type": "application/json"},
-                             body, time.time())
+    body = orjson.dumps(
+        {"provider": "crm", "provider_message_id": probe, "channel": "web", "status": "sent"}
+    )
+    webhook = WebhookRequest(
+        "events",
+        "POST",
+        "http://127.0.0.1/v1/events",
+        {"content-type": "application/json"},
+        body,
+        time.time(),
+    )
     record = raw.encode(settings.topic("raw.events"), webhook, ())
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
     try:
-        await producer.send_and_wait(record.topic, record.value, key=record.key, headers=list(record.headers))
+        await producer.send_and_wait(
+            record.topic, record.value, key=record.key, headers=list(record.headers)
+        )
     finally:
         await producer.stop()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MSGSTATUS_")}
-    env.update({"MSGSTATUS_KAFKA_BOOTSTRAP": bootstrap, "MSGSTATUS_TOPIC_PREFIX": prefix,
-                "MSGSTATUS_DATA_DIR": str(workdir / f"recovery-{prefix}"), "MSGSTATUS_METRICS_PORT": "0"})
+    env.update(
+        {
+            "MSGSTATUS_KAFKA_BOOTSTRAP": bootstrap,
+            "MSGSTATUS_TOPIC_PREFIX": prefix,
+            "MSGSTATUS_DATA_DIR": str(workdir / f"recovery-{prefix}"),
+            "MSGSTATUS_METRICS_PORT": "0",
+        }
+    )
     log("recovery: starting a worker on an empty disk")
     started = time.monotonic()
-    worker: subprocess.Popen = _spawn([sys.executable, "-m", "processors.cli", "worker", "--no-read-model"], env,
-                                      workdir / "recovery-worker.log")
+    worker: subprocess.Popen = _spawn(
+        [sys.executable, "-m", "processors.cli", "worker", "--no-read-model"],
+        env,
+        workdir / "recovery-worker.log",
+    )
     try:
         seen = await _probe_seen(settings, f"crm:{probe}", started + (120 if quick else 300))
         ready = time.monotonic() - started
     finally:
         _stop(worker)
-    return {"messages": messages, "fill_seconds": fill_seconds, "ready_seconds": ready if seen else None,
-            "changelog_records": 2 * messages}
+    return {
+        "messages": messages,
+        "fill_seconds": fill_seconds,
+        "ready_seconds": ready if seen else None,
+        "changelog_records": 2 * messages,
+    }

@@ -27,9 +27,21 @@ DUE = 100
 
 def _state(key: str, deadline: float) -> bytes:
     provider, mid = key.split(":", 1)
-    return orjson.dumps({"seq": 1, "li": 1, "told": "sent", "dl": deadline,
-                         "m": {"provider": provider, "provider_message_id": mid, "channel": "sms", "account": None},
-                         "out": {"1": [1, 1, None, NOW]}})
+    return orjson.dumps(
+        {
+            "seq": 1,
+            "li": 1,
+            "told": "sent",
+            "dl": deadline,
+            "m": {
+                "provider": provider,
+                "provider_message_id": mid,
+                "channel": "sms",
+                "account": None,
+            },
+            "out": {"1": [1, 1, None, NOW]},
+        }
+    )
 
 
 def _flush(db: Rdict, batch: PartitionBatch) -> None:
@@ -74,12 +86,19 @@ def one_round(workdir: Path, pending: int, repeats: int = 5) -> dict[str, Any]:
         for r in range(repeats):
             batch = PartitionBatch(db)
             tick_started = time.perf_counter()
-            out = Emitter(batch, Policy(after=3600.0), history=False).on_check(NOW + r * 0.5, 10 + r, NOW)
+            out = Emitter(batch, Policy(after=3600.0), history=False).on_check(
+                NOW + r * 0.5, 10 + r, NOW
+            )
             _flush(db, batch)
             timings.append(time.perf_counter() - tick_started)
             fired += out.fired
-        return {"pending": pending, "fill_seconds": filled, "first_tick_ms": timings[0] * 1000,
-                "idle_tick_ms": statistics.median(timings[1:]) * 1000, "fired": fired}
+        return {
+            "pending": pending,
+            "fill_seconds": filled,
+            "first_tick_ms": timings[0] * 1000,
+            "idle_tick_ms": statistics.median(timings[1:]) * 1000,
+            "fired": fired,
+        }
     finally:
         db.close()
         shutil.rmtree(path, ignore_errors=True)

@@ -53,8 +53,17 @@ def build(settings: Settings, messages: int, target_records: int, seed: int = 9)
     statuses = 0
     for i, request in enumerate(requests[:target_records]):
         name = "events" if request.path == "/v1/events" else request.path.rsplit("/", 1)[1]
-        webhook = WebhookRequest(name, "POST", "http://127.0.0.1:8080" + request.path, request.headers, request.body, now + i * 1e-5)
-        records.append(raw.encode(settings.topic(f"raw.{name}"), webhook, REGISTRY[name].SIGNATURE_HEADERS))
+        webhook = WebhookRequest(
+            name,
+            "POST",
+            "http://127.0.0.1:8080" + request.path,
+            request.headers,
+            request.body,
+            now + i * 1e-5,
+        )
+        records.append(
+            raw.encode(settings.topic(f"raw.{name}"), webhook, REGISTRY[name].SIGNATURE_HEADERS)
+        )
         statuses += len(request.keys)
     return Workload(records, messages, statuses)
 
@@ -62,14 +71,22 @@ def build(settings: Settings, messages: int, target_records: int, seed: int = 9)
 async def produce(bootstrap: str, records: list[raw.RawRecord]) -> float:
     """Write every record (acks=all); returns seconds taken."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=20, max_batch_size=512 * 1024
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=20,
+        max_batch_size=512 * 1024,
     )
     await producer.start()
     started = time.perf_counter()
     try:
         pending = []
         for record in records:
-            pending.append(await producer.send(record.topic, record.value, key=record.key, headers=record.headers))
+            pending.append(
+                await producer.send(
+                    record.topic, record.value, key=record.key, headers=record.headers
+                )
+            )
             if len(pending) >= 20_000:
                 for future in pending:
                     await future

@@ -22,7 +22,13 @@ from processors.config import Settings
 from processors.ingest import raw
 from processors.ingest.producer import KafkaUnavailable, RawSink
 from processors.providers import ses
-from processors.providers.base import FramingError, Provider, SignatureError, WebhookRequest
+from processors.providers.base import (
+    FramingError,
+    Provider,
+    SignatureError,
+    WebhookRequest,
+    constant_time_equal,
+)
 from processors.store.readmodel import ReadModel, ReadModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -235,8 +241,6 @@ class Gateway:
         auth = request.headers.get("Authorization", "")
         if not token:
             return error(404, "the query API is disabled: set MSGSTATUS_API_TOKEN")
-        from processors.providers.base import constant_time_equal
-
         if not auth.startswith("Bearer ") or not constant_time_equal(token, auth[7:].strip()):
             return error(401, "missing or wrong Bearer token")
         if self.read_model is None:

@@ -48,7 +48,9 @@ def encode(topic: str, request: WebhookRequest, keep: Iterable[str]) -> RawRecor
     return RawRecord(topic, key, request.body, headers)
 
 
-def decode(value: bytes, headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes]) -> WebhookRequest:
+def decode(
+    value: bytes, headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes]
+) -> WebhookRequest:
     """Rebuild the request a provider made; raises ValueError when headers are missing."""
     items = headers.items() if isinstance(headers, Mapping) else headers
     meta: dict[str, str] = {}

@@ -257,8 +257,9 @@ def _messaging(
             )
         )
 
-    def watermark(kind: str, value: Any, conversation: str | None, account: str | None,
-                  at: Any) -> bool:
+    def watermark(
+        kind: str, value: Any, conversation: str | None, account: str | None, at: Any
+    ) -> bool:
         """Record a Messenger watermark; False when there is none to record."""
         mark = _epoch_ms(value)
         if not messenger or mark is None or conversation is None:
@@ -299,8 +300,9 @@ def _messaging(
                     else:
                         event(mid, "delivered", "delivery", account, at)
                 conversation = _conversation(recipient or account, sender)
-                covered = watermark("delivered", delivery.get("watermark"), conversation,
-                                    account, at)
+                covered = watermark(
+                    "delivered", delivery.get("watermark"), conversation, account, at
+                )
                 if not covered and not any(mids):
                     result.dead.append(DeadItem(WATERMARK_WITHOUT_CONVERSATION, item))
             elif "read" in msg:

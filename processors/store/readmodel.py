@@ -44,7 +44,9 @@ class ReadModel:
     async def close(self) -> None:
         await self._redis.aclose()
 
-    async def write(self, docs: list[dict[str, Any]], history: list[tuple[str, dict[str, Any]]]) -> None:
+    async def write(
+        self, docs: list[dict[str, Any]], history: list[tuple[str, dict[str, Any]]]
+    ) -> None:
         """Apply one batch: current documents and history entries (message_key, entry)."""
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -55,7 +57,10 @@ class ReadModel:
                         client=pipe,
                     )
                 for key, entry in history:
-                    pipe.zadd(self._hist_key(key), {orjson.dumps(entry, option=orjson.OPT_SORT_KEYS): entry["observed_ts"]})
+                    pipe.zadd(
+                        self._hist_key(key),
+                        {orjson.dumps(entry, option=orjson.OPT_SORT_KEYS): entry["observed_ts"]},
+                    )
                 await pipe.execute()
         except RedisError as exc:
             raise ReadModelUnavailable(f"Redis unavailable: {exc}") from exc

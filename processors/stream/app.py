@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from mode import CrashingSupervisor
 import orjson
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode import CrashingSupervisor
 
 from processors import providers
 from processors.config import Settings
@@ -32,7 +32,6 @@ from processors.stream.watermarks import expand_record
 from processors.topics import (
     CANONICAL,
     CONVERSATIONS,
-    DEADLETTER,
     STATUS,
     TRANSITIONS,
     partition_for,
@@ -44,7 +43,6 @@ log = logging.getLogger(__name__)
 # Faust enables idempotence only inside transactions; we run at-least-once and want
 # acks=all writes that cannot be duplicated or reordered by producer retries.
 faust_aiokafka.Producer._settings_extra = lambda self: {"enable_idempotence": True}  # type: ignore[method-assign]
-
 
 
 class _NoReadOffsets(dict):
@@ -83,7 +81,11 @@ NOISY_LOGGERS = ("faust", "mode", "aiokafka", "kafka", "rocksdict", "asyncio")
 
 def quiet_logging(level: str) -> None:
     """Faust leaves the root logger at DEBUG; building discarded records costs ~12 %."""
-    numeric = logging.getLevelName(level) if isinstance(logging.getLevelName(level), int) else logging.WARNING
+    numeric = (
+        logging.getLevelName(level)
+        if isinstance(logging.getLevelName(level), int)
+        else logging.WARNING
+    )
     logging.getLogger().setLevel(numeric)
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
@@ -168,7 +170,9 @@ def _raw_table(app: faust.App, name: str, partitions: int) -> RawTable:
     return RawTable(app.Table(name, key_type=bytes, value_type=bytes, partitions=partitions))
 
 
-def build(settings: Settings, read_model: ReadModel | None = None, check_interval: float | None = None) -> faust.App:
+def build(
+    settings: Settings, read_model: ReadModel | None = None, check_interval: float | None = None
+) -> faust.App:
     app_id = f"{settings.topic_prefix}{settings.app_id}"
     # Faust names RocksDB files by table only: keep each app's state apart.
     datadir = Path(settings.data_dir) / "faust" / app_id
@@ -194,12 +198,26 @@ def build(settings: Settings, read_model: ReadModel | None = None, check_interva
         agent_supervisor=CrashingSupervisor,
     )
     raw_names = [raw_topic(settings, name) for name in providers.REGISTRY]
-    canonical = app.topic(settings.topic(CANONICAL), value_type=bytes, value_serializer="raw", key_serializer="raw", partitions=settings.partitions)
-    transitions = app.topic(settings.topic(TRANSITIONS), value_type=bytes, value_serializer="raw", key_serializer="raw", partitions=settings.partitions)
+    canonical = app.topic(
+        settings.topic(CANONICAL),
+        value_type=bytes,
+        value_serializer="raw",
+        key_serializer="raw",
+        partitions=settings.partitions,
+    )
+    transitions = app.topic(
+        settings.topic(TRANSITIONS),
+        value_type=bytes,
+        value_serializer="raw",
+        key_serializer="raw",
+        partitions=settings.partitions,
+    )
     ordering_table = _raw_table(app, "ordering", settings.partitions)
     emitter_table = _raw_table(app, "emitter", settings.partitions)
     watermark = Watermark()
-    policy = Policy(after=settings.delivery_unknown_after, disabled=settings.delivery_unknown_disabled)
+    policy = Policy(
+        after=settings.delivery_unknown_after, disabled=settings.delivery_unknown_disabled
+    )
     read_model_queue: asyncio.Queue[tuple[list, list]] = asyncio.Queue(maxsize=10_000)
 
     # --- Messenger watermarks (processors/stream/watermarks.py) ------------------------
@@ -239,9 +257,7 @@ def build(settings: Settings, read_model: ReadModel | None = None, check_interva
 
     fast_ordering = FastTable(app, ordering_table.table)
     fast_emitter = FastTable(app, emitter_table.table)
-    canonical_name, transitions_name, status_name = (
-        settings.topic(CANONICAL), settings.topic(TRANSITIONS), settings.topic(STATUS)
-    )
+    transitions_name, status_name = settings.topic(TRANSITIONS), settings.topic(STATUS)
 
     async def send(topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
         """Append to Faust's own producer without waiting for the broker: Faust flushes
@@ -275,7 +291,9 @@ def build(settings: Settings, read_model: ReadModel | None = None, check_interva
                 counts[it["o"]] = counts.get(it["o"], 0) + 1
             for outcome, n in counts.items():
                 metrics.OUTCOMES.labels(outcome).inc(n)
-            await send(transitions_name, event.key or b"", orjson.dumps({"items": items}), msg.partition)
+            await send(
+                transitions_name, event.key or b"", orjson.dumps({"items": items}), msg.partition
+            )
 
     @app.agent(transitions, concurrency=1)
     async def emitter_agent(stream: Any) -> None:
@@ -319,7 +337,9 @@ def build(settings: Settings, read_model: ReadModel | None = None, check_interva
             return
         assigned = app.consumer.assignment()
         upstream = [tp for tp in assigned if tp.topic in upstream_topics]
-        inputs = [(tp, _end_offset(app, tp), app.consumer._committed_offset.get(tp)) for tp in upstream]
+        inputs = [
+            (tp, _end_offset(app, tp), app.consumer._committed_offset.get(tp)) for tp in upstream
+        ]
         inputs += normalizer.inputs()
         now = watermark.now(time.time(), inputs)
         if now is None:

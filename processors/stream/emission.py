@@ -97,7 +97,9 @@ def _unknown_history(ce: dict[str, Any], now: float) -> dict[str, Any]:
 
 
 class Emitter:
-    def __init__(self, table: MutableMapping[str, bytes], policy: Policy, history: bool = True) -> None:
+    def __init__(
+        self, table: MutableMapping[str, bytes], policy: Policy, history: bool = True
+    ) -> None:
         self.table = table
         self.policy = policy
         self.history = history  # read-model history entries; off when there is no read model
@@ -111,12 +113,21 @@ class Emitter:
                 if self.history:
                     out.notes.append((key, _history(event, it["o"], None)))
                 continue
-            state = _load(self.table, key) or {"seq": 0, "li": 0, "told": None, "dl": None, "m": _meta(event), "out": {}}
+            state = _load(self.table, key) or {
+                "seq": 0,
+                "li": 0,
+                "told": None,
+                "dl": None,
+                "m": _meta(event),
+                "out": {},
+            }
             index = it["i"]
             if index <= state["li"]:
                 previous = state["out"].get(str(index))
                 if previous is not None and previous[0] == src:
-                    out.events.append((key, self._event(state, event, it, previous[1], previous[2], previous[3])))
+                    out.events.append(
+                        (key, self._event(state, event, it, previous[1], previous[2], previous[3]))
+                    )
                     out.repeated += 1
                 continue
             sequence = state["seq"] + 1
@@ -135,7 +146,9 @@ class Emitter:
                 out.docs[key] = self._doc(state, ce)
         return out
 
-    def _schedule(self, state: dict[str, Any], key: str, event: dict[str, Any], it: dict[str, Any]) -> None:
+    def _schedule(
+        self, state: dict[str, Any], key: str, event: dict[str, Any], it: dict[str, Any]
+    ) -> None:
         """Set or clear the message's `sent` deadline. Index writes come before the state
         write, so a crash between them can only duplicate an index entry, never lose one."""
         if it["g"]:
@@ -201,7 +214,14 @@ class Emitter:
         return out
 
     @staticmethod
-    def _event(state: dict[str, Any], event: dict[str, Any], it: dict[str, Any], sequence: int, previous: str | None, emitted_at: float) -> dict[str, Any]:
+    def _event(
+        state: dict[str, Any],
+        event: dict[str, Any],
+        it: dict[str, Any],
+        sequence: int,
+        previous: str | None,
+        emitted_at: float,
+    ) -> dict[str, Any]:
         return cloudevents.build(
             meta=state["m"],
             status=event["status"],
@@ -216,7 +236,9 @@ class Emitter:
         )
 
     @staticmethod
-    def _unknown_event(state: dict[str, Any], sequence: int, deadline: float, now: float, wall: float) -> dict[str, Any]:
+    def _unknown_event(
+        state: dict[str, Any], sequence: int, deadline: float, now: float, wall: float
+    ) -> dict[str, Any]:
         return cloudevents.build(
             meta=state["m"],
             status="delivery_unknown",

@@ -36,7 +36,9 @@ def _jsonable(item: Any) -> Any:
     return repr(item)
 
 
-def normalize(value: bytes, headers: Sequence[tuple[str, bytes]], partitions: int, source: str) -> Normalized:
+def normalize(
+    value: bytes, headers: Sequence[tuple[str, bytes]], partitions: int, source: str
+) -> Normalized:
     """`source` names the raw record (topic:partition:offset) in dead-letters."""
     result = Normalized()
 
@@ -76,7 +78,11 @@ def normalize(value: bytes, headers: Sequence[tuple[str, bytes]], partitions: in
     grouped: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for event in parsed.events:
         if event.status not in STATUSES or event.channel not in CHANNELS:
-            dead(f"parser produced non-canonical status/channel {event.status!r}/{event.channel!r}", request.provider, event.to_dict())
+            dead(
+                f"parser produced non-canonical status/channel {event.status!r}/{event.channel!r}",
+                request.provider,
+                event.to_dict(),
+            )
             continue
         grouped[partition_for(event.message_key, partitions)].append(event.to_dict())
         result.events += 1

@@ -118,7 +118,9 @@ class Normalizer:
             events = 0
             for record in recs:
                 result = normalize(
-                    record.value, record.headers or [], settings.partitions,
+                    record.value,
+                    record.headers or [],
+                    settings.partitions,
                     f"{tp.topic}:{tp.partition}:{record.offset}",
                 )
                 self.watermark.processed(tp, record.offset, result.observed_at)
@@ -126,11 +128,21 @@ class Normalizer:
                     grouped.setdefault(partition, []).extend(evs)
                 for partition, facts in result.conversations.items():  # Messenger watermarks
                     first = (facts["registrations"] or facts["watermarks"])[0]["conversation"]
-                    await self.send(settings.topic("status.conversations"), first.encode(), orjson.dumps(facts), partition)
+                    await self.send(
+                        settings.topic("status.conversations"),
+                        first.encode(),
+                        orjson.dumps(facts),
+                        partition,
+                    )
                 events += result.events
                 for dead in result.dead:
                     metrics.DEADLETTERS.labels(provider).inc()
-                    await self.send(settings.topic("status.deadletter"), dead["id"].encode(), orjson.dumps(dead), None)
+                    await self.send(
+                        settings.topic("status.deadletter"),
+                        dead["id"].encode(),
+                        orjson.dumps(dead),
+                        None,
+                    )
             if events:
                 metrics.NORMALIZED.labels(provider).inc(events)
         canonical = settings.topic("status.canonical")
@@ -138,4 +150,6 @@ class Normalizer:
             for start in range(0, len(evs), MAX_EVENTS_PER_RECORD):
                 chunk = evs[start : start + MAX_EVENTS_PER_RECORD]
                 first = f"{chunk[0]['provider']}:{chunk[0]['provider_message_id']}"
-                await self.send(canonical, first.encode(), orjson.dumps({"events": chunk}), partition)
+                await self.send(
+                    canonical, first.encode(), orjson.dumps({"events": chunk}), partition
+                )

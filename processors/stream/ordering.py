@@ -36,16 +36,31 @@ def load(raw: bytes | None) -> tuple[MessageState, dict[str, Receipt]]:
 
 def dump(state: MessageState, receipts: dict[str, Receipt]) -> bytes:
     return orjson.dumps(
-        {"s": state.status, "i": state.index, "a": state.applied, "c": state.conflicts, "r": receipts}
+        {
+            "s": state.status,
+            "i": state.index,
+            "a": state.applied,
+            "c": state.conflicts,
+            "r": receipts,
+        }
     )
 
 
-def item(event: dict[str, Any], kind: str, index: int, previous: str | None, implied: list[str], engagement: bool) -> dict[str, Any]:
+def item(
+    event: dict[str, Any],
+    kind: str,
+    index: int,
+    previous: str | None,
+    implied: list[str],
+    engagement: bool,
+) -> dict[str, Any]:
     """One entry of a `status.transitions` record."""
     return {"o": kind, "ev": event, "i": index, "p": previous, "im": implied, "g": engagement}
 
 
-def order_record(table: MutableMapping[str, bytes], events: list[dict[str, Any]], src: int) -> list[dict[str, Any]]:
+def order_record(
+    table: MutableMapping[str, bytes], events: list[dict[str, Any]], src: int
+) -> list[dict[str, Any]]:
     """Apply one canonical record (all its events share a partition); return its items."""
     touched: set[str] = set()
     items: list[dict[str, Any]] = []
@@ -57,14 +72,29 @@ def order_record(table: MutableMapping[str, bytes], events: list[dict[str, Any]]
         receipt = receipts.get(dkey)
         if receipt is not None and receipt[0] == src and key not in touched:
             # This very record was processed before a crash: say the same again.
-            items.append(item(raw_event, receipt[1], receipt[2], receipt[3], receipt[4], _engaged(receipt, event)))
+            items.append(
+                item(
+                    raw_event,
+                    receipt[1],
+                    receipt[2],
+                    receipt[3],
+                    receipt[4],
+                    _engaged(receipt, event),
+                )
+            )
             continue
         new_state, outcome = apply(state, event)
         touched.add(key)
         items.append(_item(raw_event, outcome))
         if outcome.kind == DUPLICATE:
             continue  # nothing changed: no write
-        receipts[dkey] = [src, outcome.kind, outcome.index or 0, outcome.previous_status, list(outcome.implied)]
+        receipts[dkey] = [
+            src,
+            outcome.kind,
+            outcome.index or 0,
+            outcome.previous_status,
+            list(outcome.implied),
+        ]
         table[key] = dump(new_state, receipts)
     return items
 

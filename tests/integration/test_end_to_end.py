@@ -20,7 +20,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 async def test_messages_end_ordered_and_complete(kafka, redis_server, topic_prefix, tmp_path):
-    env = base_env(kafka.bootstrap, topic_prefix, tmp_path / "data", MSGSTATUS_REDIS_URL=redis_server.url)
+    env = base_env(
+        kafka.bootstrap, topic_prefix, tmp_path / "data", MSGSTATUS_REDIS_URL=redis_server.url
+    )
     gateway, url = start_gateway(env, tmp_path)
     worker = start_worker(env, tmp_path)
     try:
@@ -35,9 +37,13 @@ async def test_messages_end_ordered_and_complete(kafka, redis_server, topic_pref
             return all(last_status(by_key.get(k, [])) == want for k, want in expected.items())
 
         by_key = await collect(kafka.bootstrap, topic_prefix + "message.status", done, timeout=120)
-        wrong = {k: (last_status(by_key.get(k, [])), want) for k, want in expected.items()
-                 if last_status(by_key.get(k, [])) != want}
-        assert not wrong, f"{len(wrong)} messages did not end as expected, e.g. {list(wrong.items())[:5]}\n{worker.log_tail()}"
+        wrong = {
+            k: (last_status(by_key.get(k, [])), want)
+            for k, want in expected.items()
+            if last_status(by_key.get(k, [])) != want
+        }
+        sample = list(wrong.items())[:5]
+        assert not wrong, f"{len(wrong)} ended wrong, e.g. {sample}\n{worker.log_tail()}"
         problems = [p for key, events in by_key.items() for p in check_message(key, events)]
         assert not problems, problems[:20]
         assert set(by_key) == set(expected)

@@ -17,7 +17,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 async def test_sigkill_and_restart_keeps_output_consistent(kafka, topic_prefix, tmp_path):
-    env = base_env(kafka.bootstrap, topic_prefix, tmp_path / "data1", MSGSTATUS_REDIS_URL="redis://127.0.0.1:1/0")
+    env = base_env(
+        kafka.bootstrap,
+        topic_prefix,
+        tmp_path / "data1",
+        MSGSTATUS_REDIS_URL="redis://127.0.0.1:1/0",
+    )
     gateway, url = start_gateway(env, tmp_path)
     worker = start_worker(env, tmp_path, "--no-read-model")
     try:
@@ -50,9 +55,17 @@ async def test_sigkill_and_restart_keeps_output_consistent(kafka, topic_prefix, 
 
         by_key = await collect(kafka.bootstrap, status_topic, done, timeout=150)
         del answers
-        wrong = {k: (last_status(by_key.get(k, [])), w) for k, w in expected.items() if last_status(by_key.get(k, [])) != w}
+        wrong = {
+            k: (last_status(by_key.get(k, [])), w)
+            for k, w in expected.items()
+            if last_status(by_key.get(k, [])) != w
+        }
         assert not wrong, f"{len(wrong)} wrong, e.g. {list(wrong.items())[:5]}\n{worker.log_tail()}"
-        problems = [p for key, events in by_key.items() for p in check_message(key, events, allow_repeats=True)]
+        problems = [
+            p
+            for key, events in by_key.items()
+            for p in check_message(key, events, allow_repeats=True)
+        ]
         assert not problems, problems[:20]
     finally:
         gateway.stop()

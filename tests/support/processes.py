@@ -110,7 +110,9 @@ def start_gateway(env: Mapping[str, str], log_dir: Path, timeout: float = 30) ->
     raise RuntimeError(f"gateway not ready in {timeout}s:\n{part.log_tail()}")
 
 
-def start_worker(env: Mapping[str, str], log_dir: Path, *args: str, data_dir: Path | None = None) -> Part:
+def start_worker(
+    env: Mapping[str, str], log_dir: Path, *args: str, data_dir: Path | None = None
+) -> Part:
     env = dict(env)
     if data_dir is not None:
         env["MSGSTATUS_DATA_DIR"] = str(data_dir)

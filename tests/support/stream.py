@@ -16,7 +16,9 @@ from jsonschema import Draft202012Validator
 
 from processors.model import ENGAGEMENT, FAILURES, MILESTONES, RANK
 
-SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "message.status.schema.json").read_text())
+SCHEMA = json.loads(
+    (Path(__file__).resolve().parents[2] / "schemas" / "message.status.schema.json").read_text()
+)
 VALIDATOR = Draft202012Validator(SCHEMA)
 
 
@@ -27,7 +29,9 @@ async def collect(
     timeout: float,
 ) -> dict[str, list[dict[str, Any]]]:
     """Read the topic from the start until `done(events_by_key)` or the timeout."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
     await consumer.start()
     by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
     deadline = time.monotonic() + timeout
@@ -96,12 +100,16 @@ def check_message(key: str, events: list[dict[str, Any]], allow_repeats: bool = 
         if status in ENGAGEMENT:
             continue
         if data["previous_status"] != told:
-            problems.append(f"{key}: #{data['sequence']} previous_status {data['previous_status']} != {told}")
+            problems.append(
+                f"{key}: #{data['sequence']} previous_status {data['previous_status']} != {told}"
+            )
         if not allowed(told, status):
             problems.append(f"{key}: regression {told} -> {status}")
         for implied in data["implied"]:
             if implied in reached:
-                problems.append(f"{key}: #{data['sequence']} implies {implied} which was already told")
+                problems.append(
+                    f"{key}: #{data['sequence']} implies {implied} which was already told"
+                )
         reached.update(data["implied"])
         reached.add(status)
         if status in RANK:

@@ -12,7 +12,16 @@ from processors.stream.ordering import order_record
 NOW = 1_800_000_000.0
 
 
-def ev(status: str, mid: str = "SM1", *, provider: str = "twilio", channel: str = "sms", t: float = NOW, occurred: float | None = None, pstatus: str | None = None) -> dict:
+def ev(
+    status: str,
+    mid: str = "SM1",
+    *,
+    provider: str = "twilio",
+    channel: str = "sms",
+    t: float = NOW,
+    occurred: float | None = None,
+    pstatus: str | None = None,
+) -> dict:
     return CanonicalEvent(
         provider=provider,
         provider_message_id=mid,
@@ -35,7 +44,10 @@ def tables():
 
 
 def statuses(out) -> list[tuple[int, str, str | None]]:
-    return [(e["data"]["sequence"], e["data"]["status"], e["data"]["previous_status"]) for _, e in out.events]
+    return [
+        (e["data"]["sequence"], e["data"]["status"], e["data"]["previous_status"])
+        for _, e in out.events
+    ]
 
 
 def test_events_are_numbered_and_duplicates_say_nothing(tables):
