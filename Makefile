@@ -33,6 +33,10 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	bash deploy/local/pytest.sh tests/unit
 
+test-integration: $(STAMP)
+	$(INFRA) prepare
+	bash deploy/local/pytest.sh tests/integration
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check processors tests deploy
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
@@ -25,7 +26,7 @@ from processors.config import Settings
 from processors.store.readmodel import ReadModel, ReadModelUnavailable
 from processors.stream import deadlines, metrics
 from processors.stream.emission import Emitter, Policy
-from processors.stream.fasttable import FastTable
+from processors.stream.fasttable import FastTable, send_many
 from processors.stream.normalizer import Normalizer
 from processors.stream.ordering import order_record
 from processors.stream.watermarks import expand_record
@@ -158,6 +159,14 @@ class RawTable(MutableMapping[str, bytes]):
         return len(self.table)
 
 
+def on_sent(fut: asyncio.Future) -> None:
+    """A flush waits for sends to finish, not to succeed: a send that failed for good
+    must stop the worker before its input offset can be committed."""
+    if not fut.cancelled() and fut.exception() is not None:
+        log.critical("a Kafka write failed, stopping the worker: %r", fut.exception())
+        os._exit(70)  # crash-only: the input is redelivered on restart
+
+
 def _end_offset(app: faust.App, tp: Any) -> int | None:
     """The partition's end as last fetched; None while unknown (e.g. mid-rebalance)."""
     try:
@@ -255,14 +264,15 @@ def build(
 
     # --- end Messenger watermarks ------------------------------------------------------
 
-    fast_ordering = FastTable(app, ordering_table.table)
-    fast_emitter = FastTable(app, emitter_table.table)
+    fast_ordering = FastTable(app, ordering_table.table, on_sent)
+    fast_emitter = FastTable(app, emitter_table.table, on_sent)
     transitions_name, status_name = settings.topic(TRANSITIONS), settings.topic(STATUS)
 
     async def send(topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
         """Append to Faust's own producer without waiting for the broker: Faust flushes
         that producer before it commits the input offsets (at-least-once)."""
-        await app.producer._ensure_producer().send(topic, value, key=key, partition=partition)
+        fut = await app.producer._ensure_producer().send(topic, value, key=key, partition=partition)
+        fut.add_done_callback(on_sent)
 
     normalizer = Normalizer(
         settings,
@@ -311,8 +321,11 @@ def build(
                 out = logic.on_transitions(body["items"], msg.offset, wall)
             pending = deadlines.pending(batch)
             await fast_emitter.write(msg.partition, batch)
-            for key, ce in out.events:
-                await send(status_name, key.encode(), orjson.dumps(ce), msg.partition)
+            if out.events:
+                producer = app.producer._ensure_producer()
+                records = [(key.encode(), orjson.dumps(ce)) for key, ce in out.events]
+                for fut, _ in await send_many(producer, status_name, msg.partition, records):
+                    fut.add_done_callback(on_sent)
             if out.events:
                 counts: dict[str, int] = {}
                 for _, ce in out.events:
