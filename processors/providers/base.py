@@ -160,3 +160,18 @@ def bearer_or_token(request: WebhookRequest) -> str | None:
     if scheme.lower() == "bearer" and credential:
         return credential.strip()
     return None
+
+
+def verify_token(
+    request: WebhookRequest, settings: Settings, secret: str, name: str, label: str
+) -> None:
+    """Providers that prove nothing but a shared token: the `token` header or the
+    `Authorization: Bearer` credential must equal MSGSTATUS_<secret>."""
+    expected = settings.secret(secret)
+    if expected is None:
+        raise SignatureError(f"{name} is not configured (MSGSTATUS_{secret} unset)")
+    given = bearer_or_token(request)
+    if not given:
+        raise SignatureError("missing `token` header or `Authorization: Bearer` credential")
+    if not constant_time_equal(expected, given):
+        raise SignatureError(f"{label} token does not match")

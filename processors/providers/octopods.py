@@ -30,10 +30,8 @@ from processors.providers.base import (
     DeadItem,
     FramingError,
     ParseResult,
-    SignatureError,
     WebhookRequest,
-    bearer_or_token,
-    constant_time_equal,
+    verify_token,
 )
 
 NAME = "octopods"
@@ -84,14 +82,7 @@ def calculate_signature(token: str) -> str:
 
 def verify(request: WebhookRequest, settings: Settings) -> None:
     """`token` header or `Authorization: Bearer` must equal MSGSTATUS_OCTOPODS_TOKEN."""
-    expected = settings.secret(SECRET)
-    if expected is None:
-        raise SignatureError("octopods is not configured (MSGSTATUS_OCTOPODS_TOKEN unset)")
-    given = bearer_or_token(request)
-    if not given:
-        raise SignatureError("missing `token` header or `Authorization: Bearer` credential")
-    if not constant_time_equal(expected, given):
-        raise SignatureError("Octopods token does not match")
+    verify_token(request, settings, SECRET, NAME, "Octopods")
 
 
 def sign(url: str, body: bytes, token: str) -> dict[str, str]:
