@@ -184,6 +184,8 @@ class Settings:
         backend = env.get("MSGSTATUS_STATE_BACKEND", "rocksdb")
         if backend not in ("rocksdb", "redis"):
             raise ConfigError(f"MSGSTATUS_STATE_BACKEND must be rocksdb or redis, got {backend!r}")
+        if backend == "redis":  # say so rather than silently run on RocksDB
+            raise ConfigError("MSGSTATUS_STATE_BACKEND=redis is not implemented yet; use rocksdb")
         config_path = env.get("MSGSTATUS_CONFIG") or None
         secrets = {
             key[len("MSGSTATUS_") :]: value

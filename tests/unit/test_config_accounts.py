@@ -227,3 +227,15 @@ def test_secret_values_never_appear_in_errors(tmp_path: Path) -> None:
 def test_missing_file_names_the_variable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"MSGSTATUS_CONFIG=.*cannot read"):
         Settings.from_env({"MSGSTATUS_CONFIG": str(tmp_path / "absent.toml")})
+
+
+def test_redis_state_backend_is_refused_until_implemented():
+    import pytest as _pytest
+
+    from processors.config import ConfigError, Settings
+
+    with _pytest.raises(ConfigError, match="not implemented"):
+        Settings.from_env({"MSGSTATUS_STATE_BACKEND": "redis"})
+    with _pytest.raises(ConfigError, match="rocksdb or redis"):
+        Settings.from_env({"MSGSTATUS_STATE_BACKEND": "sqlite"})
+    assert Settings.from_env({}).state_backend == "rocksdb"
