@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # Keeps a canonical record, and the transitions record the ordering agent makes of it
 # (events plus outcomes), well under Kafka's 1 MB default message size.
 MAX_EVENTS_PER_RECORD = 500
+LINGER = 0.05  # seconds a small fetch waits to grow: bounds the latency it adds
 
 Send = Callable[[str, bytes, bytes, int | None], Awaitable[None]]
 
@@ -70,6 +71,22 @@ class Normalizer:
             out.append((tp, end, self._committed.get(tp)))
         return out
 
+    async def _linger(
+        self, consumer: AIOKafkaConsumer, records: dict[Any, list[Any]]
+    ) -> dict[Any, list[Any]]:
+        """Live traffic arrives a few records per fetch; every canonical record costs the
+        ordering and emitter agents Faust's per-record overhead, so a small fetch waits
+        LINGER seconds for more (measured: ~5 raw records per canonical record at 2k/s
+        without it, and a saturated worker)."""
+        count = sum(len(recs) for recs in records.values())
+        if not count or count >= self.batch // 10:
+            return records
+        await asyncio.sleep(LINGER)
+        more = await consumer.getmany(timeout_ms=0, max_records=self.batch - count)
+        for tp, recs in more.items():
+            records.setdefault(tp, []).extend(recs)
+        return records
+
     async def _learn_assignment(self, consumer: AIOKafkaConsumer) -> None:
         """Where each newly assigned partition starts, so one that has nothing new
         (processed by a previous owner) does not hold the watermark back forever."""
@@ -96,6 +113,7 @@ class Normalizer:
         try:
             while True:
                 records = await consumer.getmany(timeout_ms=200, max_records=self.batch)
+                records = await self._linger(consumer, records)
                 await self._learn_assignment(consumer)
                 if records:
                     await self._process(records)
