@@ -20,8 +20,6 @@ import orjson
 
 from processors.providers import meta, ryze, twilio
 
-T0 = 0  # provider timestamps: set by build_requests
-
 
 @dataclass(slots=True)
 class Message:
@@ -139,11 +137,11 @@ def _twilio(msg: Message, status: str, base_url: str, token: str) -> Request:
 
 def _meta(items: list[tuple[Message, str, int]], base_url: str, secret: str) -> Request:
     statuses = []
-    for msg, status, step in items:
+    for msg, status, at in items:
         entry: dict = {
             "id": msg.message_id,
             "status": status,
-            "timestamp": str(T0 + step),
+            "timestamp": str(at),
             "recipient_id": "15558675310",
         }
         if status == "failed":
@@ -176,13 +174,13 @@ def _meta(items: list[tuple[Message, str, int]], base_url: str, secret: str) -> 
     )
 
 
-def _ryze(msg: Message, status: str, step: int, token: str, use_code: bool) -> Request:
+def _ryze(msg: Message, status: str, at: int, token: str, use_code: bool) -> Request:
     word, code = RYZE_CODES[status]
     data: dict = {
         "message_id": msg.message_id,
         "direction": "sent",
         "chat_jid": "5511999999999@s.whatsapp.net",
-        "timestamp": T0 + step,
+        "timestamp": at,
     }
     if use_code:
         data["status_code"] = code
@@ -192,13 +190,13 @@ def _ryze(msg: Message, status: str, step: int, token: str, use_code: bool) -> R
     return Request("/webhooks/ryze", ryze.sign("", body, token), body, [msg.key])
 
 
-def _event(msg: Message, status: str, step: int, api_token: str) -> Request:
+def _event(msg: Message, status: str, at: int, api_token: str) -> Request:
     item: dict = {
         "provider": msg.provider,
         "provider_message_id": msg.message_id,
         "channel": msg.channel,
         "status": status,
-        "occurred_at": T0 + step,
+        "occurred_at": at,
         "account": msg.account,
     }
     if status in ("failed", "rejected", "undelivered"):
@@ -219,24 +217,24 @@ def build_requests(
 
     Provider timestamps are `t0` (default: now) plus one second per step of the path.
     """
-    global T0
-    T0 = int(time.time() if t0 is None else t0)
+    base = int(time.time() if t0 is None else t0)
     requests: list[Request] = []
     meta_pending: list[tuple[Message, str, int]] = []
     for msg in messages:
         for step, status in enumerate(msg.path):
+            at = base + step
             if msg.provider == "twilio":
                 requests.append(
                     _twilio(msg, status, base_url, secrets["MSGSTATUS_TWILIO_AUTH_TOKEN"])
                 )
             elif msg.provider == "meta":
-                meta_pending.append((msg, status, step))
+                meta_pending.append((msg, status, at))
             elif msg.provider == "ryze":
                 requests.append(
-                    _ryze(msg, status, step, secrets["MSGSTATUS_RYZE_TOKEN"], rng.random() < 0.5)
+                    _ryze(msg, status, at, secrets["MSGSTATUS_RYZE_TOKEN"], rng.random() < 0.5)
                 )
             else:
-                requests.append(_event(msg, status, step, secrets["MSGSTATUS_API_TOKEN"]))
+                requests.append(_event(msg, status, at, secrets["MSGSTATUS_API_TOKEN"]))
     rng.shuffle(meta_pending)
     while meta_pending:
         size = rng.randint(1, 6)
