@@ -61,7 +61,7 @@ def _states(key: str, now: float) -> tuple[bytes, bytes]:
     return ordering, emitter
 
 
-async def fill(settings: Settings, messages: int) -> float:
+async def fill(settings: Settings, messages: int, provider: str = "twilio") -> float:
     app_id = f"{settings.topic_prefix}{settings.app_id}"
     topics = [f"{app_id}-ordering-changelog", f"{app_id}-emitter-changelog"]
     await ensure_topics(settings, topics)
@@ -78,7 +78,7 @@ async def fill(settings: Settings, messages: int) -> float:
     try:
         pending = []
         for i in range(messages):
-            key = f"twilio:SM{i:010d}"
+            key = f"{provider}:SM{i:010d}"
             partition = partition_for(key, settings.partitions)
             ordering, emitter = _states(key, now)
             pending.append(

@@ -24,7 +24,7 @@ from mode import CrashingSupervisor
 from processors import providers
 from processors.config import Settings
 from processors.store.readmodel import ReadModel, ReadModelUnavailable
-from processors.stream import deadlines, metrics
+from processors.stream import deadlines, metrics, restore
 from processors.stream.emission import Emitter, Policy
 from processors.stream.fasttable import FastTable, send_many
 from processors.stream.normalizer import Normalizer
@@ -76,6 +76,9 @@ def _consumer_init(self: Any, *args: Any, **kwargs: Any) -> None:
 
 
 faust_consumer.Consumer.__init__ = _consumer_init  # type: ignore[method-assign]
+
+# Table recovery copies changelog bytes in bulk before Faust's per-event path runs.
+restore.install()
 
 NOISY_LOGGERS = ("faust", "mode", "aiokafka", "kafka", "rocksdict", "asyncio")
 

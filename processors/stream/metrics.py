@@ -24,3 +24,8 @@ PENDING_DEADLINES = Gauge(
 READ_MODEL_DROPPED = Counter(
     "msgstatus_read_model_dropped_total", "Read-model writes dropped (Redis down or slow)"
 )
+RESTORED = Counter(
+    "msgstatus_restored_changelog_records_total",
+    "Changelog records copied into RocksDB by the bulk restore at start-up or rebalance",
+    ["table"],
+)
