@@ -1,0 +1,1 @@
+"""Operator commands (DESIGN.md section 10): replay raw records, redrive dead letters."""
