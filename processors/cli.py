@@ -1,4 +1,4 @@
-"""`msgstatus` command line: gateway, worker, tail, status, providers.
+"""`msgstatus` command line: gateway, worker, poller, tail, status, replay, redrive, ...
 
 Exit status 0 on success, 2 on bad usage, 1 on failure; progress on stderr, results on
 stdout (DESIGN.md section 10).
@@ -18,6 +18,7 @@ import orjson
 
 from processors import providers
 from processors.config import ConfigError, Settings
+from processors.ops import commands as ops_commands
 from processors.topics import STATUS, all_topics, ensure_topics
 
 log = logging.getLogger("msgstatus")
@@ -40,6 +41,7 @@ async def _run_until_signal(main: asyncio.Task) -> None:
 
 
 def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
+    from processors import eventloop
     from processors.ingest.gateway import serve
     from processors.ingest.producer import KafkaRawSink, NullSink
     from processors.store.readmodel import ReadModel
@@ -64,7 +66,7 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
             if read_model is not None:
                 await read_model.close()
 
-    asyncio.run(_run_until_signal_main(main))
+    eventloop.run(_run_until_signal_main(main), settings.gateway_event_loop)
     return 0
 
 
@@ -193,6 +195,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--timeout", type=float, default=120.0, help="seconds to wait for every final status"
     )
+    ops_commands.add_parsers(sub)
     return p
 
 
@@ -203,6 +206,8 @@ COMMANDS = {
     "status": cmd_status,
     "providers": cmd_providers,
     "poller": cmd_poller,
+    "replay": ops_commands.cmd_replay,
+    "redrive": ops_commands.cmd_redrive,
 }
 
 

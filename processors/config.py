@@ -40,11 +40,21 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 # Provider names as they appear in `[[providers.<name>.accounts]]` and in secret names.
 _PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _FIELD_NAME = re.compile(r"[a-z0-9_]{1,64}")
 
 Account = Mapping[str, str]
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 
 def _toml_type(value: Any) -> str:
@@ -141,6 +151,8 @@ class Settings:
     metrics_port: int = 6066
     app_id: str = "msgstatus"
     produce_timeout: float = 5.0
+    # The gateway's event loop (processors/eventloop.py): "uvloop" or "asyncio".
+    gateway_event_loop: str = "asyncio"
     log_level: str = "WARNING"
     secrets: Mapping[str, str] = field(default_factory=dict)
     # provider name -> its `[[providers.<name>.accounts]]` from the MSGSTATUS_CONFIG file
@@ -216,6 +228,9 @@ class Settings:
             metrics_port=_int(env, "MSGSTATUS_METRICS_PORT", d.metrics_port),
             app_id=env.get("MSGSTATUS_APP_ID", d.app_id),
             produce_timeout=_float(env, "MSGSTATUS_PRODUCE_TIMEOUT", d.produce_timeout),
+            gateway_event_loop=_choice(
+                env, "MSGSTATUS_GATEWAY_EVENT_LOOP", d.gateway_event_loop, EVENT_LOOPS
+            ),
             log_level=env.get("MSGSTATUS_LOG_LEVEL", d.log_level).upper(),
             secrets=secrets,
             accounts=load_accounts(config_path) if config_path else {},

@@ -175,9 +175,7 @@ def targets(
     rate, naive_x, pt_x = p.get("msgstatus"), p.get("ratio_vs_naive"), p.get("ratio_vs_passthrough")
     gw, gw99 = g.get("kafka_webhooks_per_s"), g.get("kafka_p99_ms")
     gateway_ok = (
-        None
-        if gw is None or gw99 is None
-        else bool(_cmp(gw, 5000, True) and _cmp(gw99, 50, False))
+        None if gw is None or gw99 is None else bool(_cmp(gw, 5000, True) and _cmp(gw99, 50, False))
     )
     stretch = (
         None

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -47,6 +47,28 @@ LATENCY = Histogram(
 RETRY_AFTER_SECONDS = "5"
 
 
+class _Metrics:
+    """The labelled children of WEBHOOKS and LATENCY, looked up once per label set:
+    `.labels()` builds and checks a key on every call (two per webhook)."""
+
+    def __init__(self) -> None:
+        self._counters: dict[tuple[str, int], Any] = {}
+        self._latencies: dict[str, Any] = {}
+
+    def record(self, label: str, status: int, seconds: float) -> None:
+        counter = self._counters.get((label, status))
+        if counter is None:
+            counter = self._counters[label, status] = WEBHOOKS.labels(label, str(status))
+        counter.inc()
+        latency = self._latencies.get(label)
+        if latency is None:
+            latency = self._latencies[label] = LATENCY.labels(label)
+        latency.observe(seconds)
+
+
+METRICS = _Metrics()
+
+
 def error(status: int, message: str, **extra: str) -> web.Response:
     body = orjson.dumps({"error": message, "status": status})
     return web.Response(
@@ -79,6 +101,20 @@ def public_url(request: web.Request, settings: Settings) -> str:
     return str(request.url)
 
 
+def is_form(body: bytes) -> bool:
+    """What `parse_qsl(strict_parsing=True)` accepts, without decoding every field: UTF-8
+    text whose `&`-separated fields each hold a `=` (its unquoting never fails).
+
+    The gateway only needs the yes/no; parsing the form again after the provider's
+    verification did was ~6 % of its CPU per webhook.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return not text or all("=" in field for field in text.split("&"))
+
+
 def framing_ok(provider: Provider, body: bytes, content_type: str) -> str | None:
     """None when the body decodes as the framing its content type declares, else why not.
 
@@ -92,11 +128,7 @@ def framing_ok(provider: Provider, body: bytes, content_type: str) -> str | None
     else:
         form = provider.FRAMING == "form"
     if form:
-        try:
-            urllib.parse.parse_qsl(
-                body.decode("utf-8"), keep_blank_values=True, strict_parsing=True
-            )
-        except (UnicodeDecodeError, ValueError):
+        if not is_form(body):
             return "body is not a valid application/x-www-form-urlencoded form"
         return None
     try:
@@ -127,6 +159,7 @@ class Gateway:
         self.settings = settings
         self.sink = sink
         self.read_model = read_model
+        self._enabled: dict[str, bool] = {}  # enabled() depends on the settings only
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -169,17 +202,24 @@ class Gateway:
 
     async def _ingest(self, request: web.Request, name: str) -> web.Response:
         started = time.perf_counter()
-        response = await self._answer(request, name)
-        label = name if providers.get(name) else "unknown"
-        WEBHOOKS.labels(label, str(response.status)).inc()
-        LATENCY.labels(label).observe(time.perf_counter() - started)
+        provider = providers.get(name)
+        response = await self._answer(request, name, provider)
+        label = name if provider is not None else "unknown"
+        METRICS.record(label, response.status, time.perf_counter() - started)
         return response
 
-    async def _answer(self, request: web.Request, name: str) -> web.Response:
-        provider = providers.get(name)
+    def _is_enabled(self, name: str, provider: Provider) -> bool:
+        enabled = self._enabled.get(name)
+        if enabled is None:
+            enabled = self._enabled[name] = provider.enabled(self.settings)
+        return enabled
+
+    async def _answer(
+        self, request: web.Request, name: str, provider: Provider | None
+    ) -> web.Response:
         if provider is None:
             return error(404, f"unknown provider {name!r}")
-        if not provider.enabled(self.settings):
+        if not self._is_enabled(name, provider):
             return error(404, f"provider {name!r} is not enabled (its secret is not configured)")
         limit = self.settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:

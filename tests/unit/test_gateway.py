@@ -18,11 +18,14 @@ import orjson
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from yarl import URL
 
 from processors.config import Settings
 from processors.ingest import raw
-from processors.ingest.gateway import Gateway
+from processors.ingest.gateway import Gateway, is_form
 from processors.ingest.producer import MemorySink
 from processors.providers import events, meta, ryze, twilio
 from processors.providers.base import WebhookRequest
@@ -720,3 +723,27 @@ async def test_twilio_without_proxy_keeps_percent_encoded_query(
     decoded = raw.decode(only_record(sink).value, only_record(sink).headers)
     assert decoded.url == str(exact)
     twilio.verify(decoded, settings())
+
+
+# --- form framing check: the same verdict as parse_qsl(strict_parsing=True) -------------
+
+_FORM_PIECES = st.sampled_from(["a", "=", "&", "%", "%2", "%ZZ", "%2B", "+", "é", " ", ";", ""])
+
+
+def _parse_qsl_accepts(body: bytes) -> bool:
+    try:
+        urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True)
+    except (UnicodeDecodeError, ValueError):
+        return False
+    return True
+
+
+@given(
+    st.one_of(
+        st.lists(_FORM_PIECES, max_size=12).map(lambda parts: "".join(parts).encode()),
+        st.binary(max_size=24),
+    )
+)
+@hypothesis_settings(max_examples=500)
+def test_is_form_agrees_with_strict_parse_qsl(body: bytes):
+    assert is_form(body) == _parse_qsl_accepts(body)

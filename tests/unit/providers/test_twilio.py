@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hmac
 from urllib.parse import parse_qsl
 
 import pytest
@@ -352,6 +354,15 @@ def test_explicit_port_variants_are_accepted(sign_url: str, request_url: str) ->
     """Twilio signs sometimes with, sometimes without the port; its validators try both."""
     body = h.fixture("twilio", "messaging_service_sent.form")
     twilio.verify(signed(body, TOKEN, sign_url=sign_url, url=request_url), CONTRACT.settings())
+
+
+def test_hmac_b64_keyed_once_equals_a_fresh_hmac() -> None:
+    """common.hmac_b64 copies a cached keyed HMAC: repeated calls must not leak state."""
+    for key, digest in (("k1", "sha1"), ("k2", "sha256"), (b"k1", "sha1")):
+        for message in (b"", b"a", b"https://a.example/x" * 20, b"a"):
+            raw = key.encode() if isinstance(key, str) else key
+            want = base64.b64encode(hmac.new(raw, message, digest).digest()).decode()
+            assert common.hmac_b64(key, message, digest) == want
 
 
 def test_url_variants() -> None:
