@@ -144,6 +144,8 @@ class KafkaRawSink:
         self._wakeup = asyncio.Event()
         self._deadlines = Deadlines(self._timeout)
         self._flusher: asyncio.Task[None] | None = None
+        self._backlog: dict[tuple[str, int], list[tuple[RawRecord, Waiter]]] = {}
+        self._writers: dict[tuple[str, int], asyncio.Task[None]] = {}
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -185,8 +187,14 @@ class KafkaRawSink:
             await asyncio.wait({flusher}, timeout=self._timeout + 1)
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
+        writers = list(self._writers.values())
+        for writer in writers:
+            writer.cancel()
+        await asyncio.gather(*writers, return_exceptions=True)
         _fail([waiter for _, waiter in self._queued], "gateway stopping")
-        self._queued = []
+        for items in self._backlog.values():
+            _fail([waiter for _, waiter in items], "gateway stopping")
+        self._queued, self._backlog = [], {}
         await self._producer.stop()  # flushes: settles every submitted batch
 
     async def publish(self, record: RawRecord) -> None:
@@ -212,27 +220,52 @@ class KafkaRawSink:
                 await _timer(self._linger)
             self._wakeup.clear()
             queued, self._queued = self._queued, []
-            await self._write(queued)
+            await self._route(queued)
+        writers = list(self._writers.values())
+        if writers:
+            await asyncio.gather(*writers, return_exceptions=True)
 
-    async def _write(self, queued: list[tuple[RawRecord, Waiter]]) -> None:
-        """Submit one batch per partition; every waiter is answered (by its batch, by
-        an error here, or by its deadline). Raises only on cancellation."""
+    async def _route(self, queued: list[tuple[RawRecord, Waiter]]) -> None:
+        """Hand each record to its partition's writer; never waits for Kafka.
+
+        aiokafka's `send_batch` waits while the partition already has a batch waiting
+        for the broker (one request in flight per broker with idempotence). A single
+        writer for every partition made each round wait for those drains one partition
+        after another, and the end-to-end p99 at 2,000 webhooks/s rose from ~0.3 s to
+        ~0.5-0.9 s; one writer per partition lets the others, and new records, go on,
+        and whatever queues up meanwhile leaves as the partition's next, larger batch.
+        """
         try:
             groups = await self._group(queued)
         except Exception as exc:  # no metadata for a topic (Kafka down), ...
             _fail([waiter for _, waiter in queued], _reason(exc))
             return
-        pending = list(groups.items())
-        for index, ((topic, partition), items) in enumerate(pending):
-            try:
-                await self._send(topic, partition, items)
-            except asyncio.CancelledError:
-                for _, rest in pending[index + 1 :]:
-                    _fail([waiter for _, waiter in rest], "gateway stopping")
-                raise
-            except Exception as exc:  # its waiters are answered; go on with the others
-                if not isinstance(exc, KafkaError | TimeoutError):
-                    log.exception("writing raw records to %s failed", topic)
+        for tp, items in groups.items():
+            self._backlog.setdefault(tp, []).extend(items)
+            if tp not in self._writers:
+                self._writers[tp] = asyncio.create_task(self._drain(tp), name=f"raw-sink-{tp}")
+
+    async def _drain(self, tp: tuple[str, int]) -> None:
+        """Write the partition's backlog until it is empty; every waiter is answered (by
+        its batch, by an error here, or by its deadline)."""
+        topic, partition = tp
+        try:
+            while self._backlog.get(tp):
+                items = [it for it in self._backlog.pop(tp) if not it[1].done()]
+                if not items:
+                    continue
+                try:
+                    await self._send(topic, partition, items)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # its waiters are answered; go on
+                    if not isinstance(exc, KafkaError | TimeoutError):
+                        log.exception("writing raw records to %s failed", topic)
+        except asyncio.CancelledError:
+            _fail([waiter for _, waiter in self._backlog.pop(tp, [])], "gateway stopping")
+            raise
+        finally:
+            self._writers.pop(tp, None)
 
     async def _group(
         self, queued: list[tuple[RawRecord, Waiter]]

@@ -238,3 +238,39 @@ async def test_connection_errors_while_grouping_fail_the_round():
     with pytest.raises(KafkaUnavailable, match="KafkaConnectionError"):
         await sink.publish(record(1))
     await sink.stop()
+
+
+class DrainingProducer(FakeProducer):
+    """send_batch waits while the partition's previous batch is not drained, as aiokafka's
+    accumulator does (one request in flight per broker with idempotence)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocked: dict[tuple[str, int], asyncio.Event] = {}
+
+    async def send_batch(self, builder: BatchBuilder, topic: str, *, partition: int):
+        gate = self.blocked.get((topic, partition))
+        if gate is not None:
+            await gate.wait()
+        return await super().send_batch(builder, topic, partition=partition)
+
+
+async def test_a_partition_waiting_for_its_drain_holds_no_other_back():
+    fake = DrainingProducer()
+    sink = await started(fake)
+    slow = next(r for r in (record(i) for i in range(100)) if expected_partition(r) == 0)
+    fast = [r for r in (record(i) for i in range(100, 200)) if expected_partition(r) != 0]
+    fake.blocked["t.raw.twilio", 0] = asyncio.Event()
+    waiting = asyncio.create_task(sink.publish(slow))
+    await asyncio.sleep(0.01)
+    # partition 0 is stuck: the others, and later records, are still written at once
+    await asyncio.wait_for(asyncio.gather(*(sink.publish(r) for r in fast)), 1.0)
+    more = [r for r in (record(i) for i in range(200, 260)) if expected_partition(r) == 0]
+    later = asyncio.gather(*(sink.publish(r) for r in more))
+    await asyncio.sleep(0.01)
+    assert not waiting.done() and not later.done()
+    fake.blocked["t.raw.twilio", 0].set()
+    await asyncio.wait_for(asyncio.gather(waiting, later), 1.0)
+    zero = [b for t, p, b, _ in fake.sent if (t, p) == ("t.raw.twilio", 0)]
+    assert len(zero) == 2, "what queued up while waiting left as one batch"
+    await sink.stop()
