@@ -18,19 +18,28 @@ class OpsError(Exception):
     """A failure to report to the operator (exit status 1)."""
 
 
-async def connect(bootstrap: str) -> tuple[AIOKafkaConsumer, AIOKafkaProducer]:
+async def connect(
+    bootstrap: str, produce: bool = True
+) -> tuple[AIOKafkaConsumer, AIOKafkaProducer | None]:
+    """A consumer, and a producer only when something will be written."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
     )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+    producer = (
+        AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        )
+        if produce
+        else None
     )
     try:
         await consumer.start()
-        await producer.start()
+        if producer is not None:
+            await producer.start()
     except (KafkaError, OSError) as exc:
         await consumer.stop()
-        await producer.stop()
+        if producer is not None:
+            await producer.stop()
         raise OpsError(f"cannot reach Kafka at {bootstrap}: {type(exc).__name__}") from None
     return consumer, producer
 

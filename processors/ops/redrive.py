@@ -59,7 +59,7 @@ def plan(letters: list[dict[str, Any]], ids: list[str] | None) -> Plan:
 
 
 async def read_letters(settings: Settings) -> list[dict[str, Any]]:
-    consumer, producer = await connect(settings.kafka_bootstrap)
+    consumer, _ = await connect(settings.kafka_bootstrap, produce=False)
     letters = []
     try:
         tps = await partitions(consumer, [settings.topic(DEADLETTER)])
@@ -77,7 +77,6 @@ async def read_letters(settings: Settings) -> list[dict[str, Any]]:
                     }
                 )
     finally:
-        await producer.stop()
         await consumer.stop()
     return letters
 
@@ -85,6 +84,7 @@ async def read_letters(settings: Settings) -> list[dict[str, Any]]:
 async def refeed(settings: Settings, sources: dict[TopicPartition, set[int]]) -> dict[str, Any]:
     """Append a copy of each named raw record; reports the ones retention already removed."""
     consumer, producer = await connect(settings.kafka_bootstrap)
+    assert producer is not None
     copied, gone = 0, []
     try:
         existing = set(await partitions(consumer, {tp.topic for tp in sources}))

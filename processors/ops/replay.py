@@ -95,7 +95,7 @@ class Summary:
 
 
 async def replay(settings: Settings, chosen: Selection, dry_run: bool) -> Summary:
-    consumer, producer = await connect(settings.kafka_bootstrap)
+    consumer, producer = await connect(settings.kafka_bootstrap, produce=not dry_run)
     summary = Summary(dry_run, {t: 0 for t in chosen.topics})
     try:
         tps = await partitions(consumer, chosen.topics)
@@ -113,7 +113,7 @@ async def replay(settings: Settings, chosen: Selection, dry_run: bool) -> Summar
             if not chosen.wants(record.timestamp):
                 continue
             summary.topics[record.topic] += 1
-            if not dry_run:
+            if producer is not None:
                 pending.append(await append(producer, record))
                 if len(pending) >= 5000:
                     await asyncio.gather(*pending)
@@ -122,7 +122,8 @@ async def replay(settings: Settings, chosen: Selection, dry_run: bool) -> Summar
                 print(f"replay: {summary.records} records so far", file=sys.stderr)
         await asyncio.gather(*pending)
     finally:
-        await producer.stop()
+        if producer is not None:
+            await producer.stop()
         await consumer.stop()
     return summary
 

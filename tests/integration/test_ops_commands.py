@@ -10,15 +10,12 @@ import time
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 from support.processes import ROOT, base_env, start_worker
-from support.stream import collect
+from support.stream import collect, send_events
 
 from processors.bench.processor import _committed, _ends
 from processors.config import Settings
-from processors.ingest import raw
 from processors.providers import REGISTRY
-from processors.providers.base import WebhookRequest
 from processors.topics import all_topics, ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -61,29 +58,10 @@ async def test_replay_and_redrive(kafka, topic_prefix, tmp_path):
     raw_events = settings.topic("raw.events")
     status, deadletter = settings.topic("message.status"), settings.topic("status.deadletter")
     group = f"{topic_prefix}{settings.app_id}-normalize"
-    producer = AIOKafkaProducer(
-        bootstrap_servers=kafka.bootstrap, acks="all", enable_idempotence=True
-    )
-    await producer.start()
-    try:
-        bodies = [[_item(f"m{i}", "sent"), _item(f"m{i}", "delivered")] for i in range(20)] + [
-            [_item("good", "read"), _item("bad", "bogus")]
-        ]
-        for body in bodies:
-            webhook = WebhookRequest(
-                "events",
-                "POST",
-                "http://127.0.0.1/v1/events",
-                {"content-type": "application/json"},
-                orjson.dumps(body),
-                time.time(),
-            )
-            record = raw.encode(raw_events, webhook, ())
-            await producer.send_and_wait(
-                record.topic, record.value, key=record.key, headers=list(record.headers)
-            )
-    finally:
-        await producer.stop()
+    bodies = [[_item(f"m{i}", "sent"), _item(f"m{i}", "delivered")] for i in range(20)] + [
+        [_item("good", "read"), _item("bad", "bogus")]
+    ]
+    await send_events(kafka.bootstrap, raw_events, bodies)
 
     env = base_env(kafka.bootstrap, topic_prefix, tmp_path / "data")
     worker = start_worker(env, tmp_path, "--no-read-model")

@@ -5,37 +5,21 @@ RocksDB before the first event is processed, and the pipeline acts on that state
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.request
 
-import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from support.processes import base_env, start_worker
-from support.stream import collect
+from support.stream import collect, send_events
 
 from processors.bench.recovery import fill
 from processors.config import Settings
-from processors.ingest import raw
 from processors.providers import REGISTRY
-from processors.providers.base import WebhookRequest
 from processors.topics import all_topics, ensure_topics, partition_for
 
 pytestmark = pytest.mark.integration
 
 MESSAGES = 3000
-
-
-def _events_record(settings: Settings, items: list[dict]) -> raw.RawRecord:
-    webhook = WebhookRequest(
-        "events",
-        "POST",
-        "http://127.0.0.1/v1/events",
-        {"content-type": "application/json"},
-        orjson.dumps(items),
-        time.time(),
-    )
-    return raw.encode(settings.topic("raw.events"), webhook, ())
 
 
 def _restored(port: str) -> dict[str, float]:
@@ -90,12 +74,9 @@ async def test_empty_disk_worker_restores_state_in_bulk(kafka, topic_prefix, tmp
                 "status": "sent",
             },
         ]
-        record = _events_record(settings, items)
-        await producer.send_and_wait(
-            record.topic, record.value, key=record.key, headers=list(record.headers)
-        )
     finally:
         await producer.stop()
+    await send_events(kafka.bootstrap, settings.topic("raw.events"), [items])
 
     env = base_env(kafka.bootstrap, topic_prefix, tmp_path / "empty")
     worker = start_worker(env, tmp_path, "--no-read-model")

@@ -118,3 +118,32 @@ def check_message(key: str, events: list[dict[str, Any]], allow_repeats: bool = 
                 problems.append(f"{key}: {status} without {missing} told or implied")
         told = status
     return problems
+
+
+async def send_events(bootstrap: str, topic: str, bodies: list[list[dict[str, Any]]]) -> None:
+    """Write each body as the gateway writes a `/v1/events` request to `topic` (acks=all)."""
+    import time
+
+    from aiokafka import AIOKafkaProducer
+
+    from processors.ingest import raw
+    from processors.providers.base import WebhookRequest
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for body in bodies:
+            webhook = WebhookRequest(
+                "events",
+                "POST",
+                "http://127.0.0.1/v1/events",
+                {"content-type": "application/json"},
+                orjson.dumps(body),
+                time.time(),
+            )
+            record = raw.encode(topic, webhook, ())
+            await producer.send_and_wait(
+                record.topic, record.value, key=record.key, headers=list(record.headers)
+            )
+    finally:
+        await producer.stop()
