@@ -1,0 +1,81 @@
+"""The processor bench's measuring helpers, against the real broker.
+
+A first version of `_output_span` stopped reading after a fraction of a multi-partition
+topic and so reported rates several times too high; these tests pin what each helper
+measures on records and commits whose times we set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from processors.bench import processor
+from processors.config import Settings
+from processors.topics import ensure_topics
+
+pytestmark = pytest.mark.integration
+
+
+async def test_output_span_reads_every_partition_to_its_end(kafka, topic_prefix):
+    topic = f"{topic_prefix}span"
+    await ensure_topics(Settings(kafka_bootstrap=kafka.bootstrap, partitions=4), [topic])
+    base_ms = 1_700_000_000_000
+    per_partition = 6000  # ~1.5 MB per partition: several fetches each
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, linger_ms=20)
+    await producer.start()
+    try:
+        futures = []
+        for i in range(per_partition):
+            for partition in range(4):
+                ts = base_ms + i * 10 + partition
+                futures.append(
+                    await producer.send(topic, b"x" * 250, partition=partition, timestamp_ms=ts)
+                )
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+    count, first, last = await processor._output_span(kafka.bootstrap, topic)
+
+    assert count == 4 * per_partition
+    assert first == pytest.approx(base_ms / 1000, abs=1e-3)
+    assert last == pytest.approx((base_ms + (per_partition - 1) * 10 + 3) / 1000, abs=1e-3)
+
+
+async def test_committed_slope_measures_a_groups_commit_rate(kafka, topic_prefix):
+    topic, group = f"{topic_prefix}slope", f"{topic_prefix}slope-group"
+    await ensure_topics(Settings(kafka_bootstrap=kafka.bootstrap, partitions=1), [topic])
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, linger_ms=20)
+    await producer.start()
+    try:
+        await asyncio.gather(*[await producer.send(topic, b"r") for _ in range(4000)])
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    tp = TopicPartition(topic, 0)
+    consumer.assign([tp])
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+    async def commit_at_1000_per_s() -> None:
+        for done in range(250, 4001, 250):  # 250 records every 0.25 s
+            await consumer.commit({tp: done})
+            await asyncio.sleep(0.25)
+
+    try:
+        committer = asyncio.create_task(commit_at_1000_per_s())
+        done, rate = await processor.committed_slope(kafka.bootstrap, group, 4000, 30, alive)
+        await committer
+    finally:
+        alive.kill()
+        alive.wait()
+        await consumer.stop()
+    assert done == 4000
+    assert 700 < rate < 1400, rate
