@@ -26,10 +26,11 @@ from processors.config import Settings
 from processors.store.readmodel import ReadModel, ReadModelUnavailable
 from processors.stream import deadlines, metrics, restore
 from processors.stream.emission import Emitter, Policy
-from processors.stream.fasttable import FastTable, send_many
+from processors.stream.fasttable import FastTable
 from processors.stream.normalizer import Normalizer
 from processors.stream.ordering import order_record
 from processors.stream.watermarks import expand_record
+from processors.stream.writers import PartitionWriters
 from processors.topics import (
     CANONICAL,
     CONVERSATIONS,
@@ -76,6 +77,23 @@ def _consumer_init(self: Any, *args: Any, **kwargs: Any) -> None:
 
 
 faust_consumer.Consumer.__init__ = _consumer_init  # type: ignore[method-assign]
+
+# Faust builds its consumer with fetch_max_wait_ms=1500: a fetch for partitions that
+# have nothing new waits at the broker up to 1.5 s, and while it is in flight aiokafka
+# cannot fetch the partitions whose records the agents just finished. Each hop between
+# the worker's own stages then waited for it (the ordering agent waited for input two
+# thirds of the time while records were ready). An empty fetch every FETCH_MAX_WAIT_MS
+# per idle worker is cheap.
+FETCH_MAX_WAIT_MS = 20
+
+def _create_worker_consumer(self: Any, transport: Any) -> Any:
+    consumer = _original_worker_consumer(self, transport)
+    consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts
+    return consumer
+
+
+_original_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
+faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
 
 # Table recovery copies changelog bytes in bulk before Faust's per-event path runs.
 restore.install()
@@ -170,6 +188,28 @@ def on_sent(fut: asyncio.Future) -> None:
         os._exit(70)  # crash-only: the input is redelivered on restart
 
 
+def on_batch_sent(fut: asyncio.Future, count: int) -> None:
+    fut.add_done_callback(on_sent)
+
+
+def on_write_error(exc: BaseException) -> None:
+    os._exit(70)  # records that never reached the producer: same as a failed send
+
+
+def flush_writers_first(app: faust.App, writers: PartitionWriters) -> None:
+    """Faust's commit (and its rebalance and shutdown paths) await its producer's flush
+    before committing offsets; records still queued in a partition writer must be in
+    that producer by then."""
+    producer = app.producer
+    flush = producer.flush
+
+    async def flush_with_writers() -> None:
+        await writers.drain()
+        await flush()
+
+    producer.flush = flush_with_writers  # type: ignore[method-assign]
+
+
 def _end_offset(app: faust.App, tp: Any) -> int | None:
     """The partition's end as last fetched; None while unknown (e.g. mid-rebalance)."""
     try:
@@ -197,6 +237,10 @@ def build(
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
         producer_acks=-1,
+        # Canonical and transitions records carry up to 500 events (~100 KB): with
+        # aiokafka's 16 KB default each is a batch of its own, and the next send to that
+        # partition waits for the broker's answer to the previous one.
+        producer_max_batch_size=512 * 1024,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
         broker_session_timeout=settings.session_timeout,
@@ -267,15 +311,20 @@ def build(
 
     # --- end Messenger watermarks ------------------------------------------------------
 
-    fast_ordering = FastTable(app, ordering_table.table, on_sent)
-    fast_emitter = FastTable(app, emitter_table.table, on_sent)
+    writers = PartitionWriters(lambda: app.producer._ensure_producer(), on_write_error)
+    flush_writers_first(app, writers)
+    fast_ordering = FastTable(ordering_table.table, writers, on_sent)
+    fast_emitter = FastTable(emitter_table.table, writers, on_sent)
     transitions_name, status_name = settings.topic(TRANSITIONS), settings.topic(STATUS)
 
-    async def send(topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
+    async def send(
+        topic: str, key: bytes, value: bytes, partition: int | None = None
+    ) -> asyncio.Future:
         """Append to Faust's own producer without waiting for the broker: Faust flushes
         that producer before it commits the input offsets (at-least-once)."""
         fut = await app.producer._ensure_producer().send(topic, value, key=key, partition=partition)
         fut.add_done_callback(on_sent)
+        return fut
 
     normalizer = Normalizer(
         settings,
@@ -325,10 +374,8 @@ def build(
             pending = deadlines.pending(batch)
             await fast_emitter.write(msg.partition, batch)
             if out.events:
-                producer = app.producer._ensure_producer()
                 records = [(key.encode(), orjson.dumps(ce)) for key, ce in out.events]
-                for fut, _ in await send_many(producer, status_name, msg.partition, records):
-                    fut.add_done_callback(on_sent)
+                await writers.append(status_name, msg.partition, records, on_batch_sent)
             if out.events:
                 counts: dict[str, int] = {}
                 for _, ce in out.events:

@@ -6,8 +6,9 @@ serializers and queues one changelog send per write: most of a naive agent's tim
 topic, its recovery and standby logic); only the write path is ours: reads go straight
 to the partition's RocksDB, writes of one input record are buffered, then written with
 one RocksDB WriteBatch and sent to the changelog partition through Faust's own producer,
-so Faust's commit, which flushes that producer before committing offsets, still
-guarantees that state reached the changelog before the input is acknowledged.
+so Faust's commit, which flushes that producer (and, in the worker, the partition
+writers before it) before committing offsets, still guarantees that state reached the
+changelog before the input is acknowledged.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 
 from faust.types import TP
 from rocksdict import WriteBatch
+
+from processors.stream.writers import PartitionWriters
 
 _DELETED = object()
 
@@ -55,9 +58,14 @@ class PartitionBatch(MutableMapping[str, bytes]):
 
 
 class FastTable:
-    def __init__(self, app: Any, table: Any, on_sent: Callable[[Any], None] | None = None) -> None:
-        self.app = app
+    def __init__(
+        self,
+        table: Any,
+        writers: PartitionWriters,
+        on_sent: Callable[[Any], None] | None = None,
+    ) -> None:
         self.table = table
+        self.writers = writers  # hands changelog records to Faust's producer, in order
         self.on_sent = on_sent  # checks every changelog send (a flush does not)
 
     def begin(self, partition: int) -> PartitionBatch:
@@ -80,37 +88,16 @@ class FastTable:
                 records.append((raw_key, value))
         db.write(rocks)
         batch.pending.clear()
-        producer = self.app.producer._ensure_producer()
         topic = self.table.changelog_topic.get_topic_name()
-        futures = await send_many(producer, topic, partition, records)
         tp = TP(topic, partition)
-        for fut, count in futures:
-            if self.on_sent:
-                fut.add_done_callback(self.on_sent)
-            fut.add_done_callback(lambda f, n=count: _persist(store, tp, f, n))
+        on_sent = self.on_sent
 
+        def on_batch(fut: Any, count: int) -> None:
+            if on_sent is not None:
+                fut.add_done_callback(on_sent)
+            fut.add_done_callback(lambda f: _persist(store, tp, f, count))
 
-async def send_many(
-    producer: Any, topic: str, partition: int, records: list[tuple[bytes, bytes | None]]
-) -> list[tuple[Any, int]]:
-    """Append records to one partition as whole batches: one future per batch instead of
-    one per record (aiokafka's per-message `send` was the largest cost per applied event).
-    Returns (future, records in that batch); a future's result is the batch's base offset.
-    """
-    out: list[tuple[Any, int]] = []
-    builder = producer.create_batch()
-    count = 0
-    for key, value in records:
-        if builder.append(key=key, value=value, timestamp=None) is None:
-            out.append((await producer.send_batch(builder, topic, partition=partition), count))
-            builder = producer.create_batch()
-            count = 0
-            if builder.append(key=key, value=value, timestamp=None) is None:
-                raise ValueError(f"record for {topic} too large for one batch")
-        count += 1
-    if count:
-        out.append((await producer.send_batch(builder, topic, partition=partition), count))
-    return out
+        await self.writers.append(topic, partition, records, on_batch)
 
 
 def _persist(store: Any, tp: TP, fut: Any, count: int) -> None:
