@@ -86,6 +86,7 @@ faust_consumer.Consumer.__init__ = _consumer_init  # type: ignore[method-assign]
 # per idle worker is cheap.
 FETCH_MAX_WAIT_MS = 20
 
+
 def _create_worker_consumer(self: Any, transport: Any) -> Any:
     consumer = _original_worker_consumer(self, transport)
     consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts
@@ -331,7 +332,6 @@ def build(
         f"{app_id}-normalize",
         raw_names,
         send,
-        lambda: app.producer._ensure_producer().flush(),
         watermark,
     )
 
