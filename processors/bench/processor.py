@@ -242,7 +242,7 @@ async def run(
 ) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     if quick:
-        messages, records = 2_000, 20_000
+        messages, records = 1_000, 10_000
     prefix = f"b{uuid.uuid4().hex[:6]}."
     settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix, partitions=4)
     await ensure_topics(settings, all_topics(settings, REGISTRY))

@@ -1,4 +1,4 @@
-"""`make bench` smoke test: the gateway and end-to-end benches, shrunk to seconds.
+"""`make bench` smoke test: the processor, gateway and end-to-end benches, shrunk.
 
 Real processes against the session broker; the figures only have to be sane here (the
 machine is shared with the rest of the suite), but nothing may be dropped or unmatched.
@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from processors.bench import e2e, gateway
+from processors.bench import e2e, gateway, processor
 
 pytestmark = pytest.mark.integration
 
@@ -47,3 +47,13 @@ async def test_e2e_bench_quick(kafka, tmp_path):
     assert _positive(figures["p50_ms"]), figures
     assert figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"], figures
     assert isinstance(figures["notes"], str) and figures["notes"]
+
+
+async def test_processor_bench_quick(kafka, tmp_path):
+    """Both naive baselines and the worker run over the same records and get rates."""
+    figures = await processor.run(kafka.bootstrap, tmp_path, quick=True)
+    for name in ("passthrough", "naive_faust", "naive_job", "msgstatus"):
+        assert _positive(figures[name]), (name, figures)
+    assert figures["naive_faust_records"] > 0 and figures["naive_job_records"] > 0, figures
+    assert figures["status_events"] > 0, figures
+    assert _positive(figures["ratio_vs_naive"]) and _positive(figures["ratio_vs_naive_job"])
