@@ -82,9 +82,9 @@ def report(results: dict[str, Any], quick: bool) -> str:
         f"| **msgstatus worker** | **{f(p.get('msgstatus'))}** | **{f(p.get('ratio_vs_naive'), 2)}x** | **{f(p.get('ratio_vs_naive_job'), 2)}x** | **{f(p.get('ratio_vs_passthrough'), 2)}** |",
         "",
         f"It emitted {f(p.get('status_events'))} `message.status` events. Rates are records divided by the span between "
-        "each pipeline's first and last output record, after it consumed everything (the naive agent doing the job: "
-        "the slope of its committed offsets, as its output count is not known in advance). The naive agents are "
-        "stopped at a time cap (`NAIVE_SECONDS`); `processors/bench/naive.py` says what each does.",
+        "each pipeline's first and last output record, after it consumed everything. The naive agents are "
+        "stopped at a time cap (`NAIVE_SECONDS`); then the one doing the job, which writes one output per applied "
+        "status, is measured by the slope of its committed offsets. `processors/bench/naive.py` says what each does.",
         "",
         "## Gateway: signed, verified, durably written webhooks, one process",
         "",
