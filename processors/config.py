@@ -147,6 +147,10 @@ class Settings:
     delivery_unknown_after: float = 3600.0
     delivery_unknown_disabled: frozenset[str] = frozenset()
     session_timeout: float = 10.0
+    # How long the worker's Faust consumer lets the broker hold a fetch that finds nothing
+    # new (Faust's own value is 1500): shorter hops between the worker's stages under
+    # load, a few % of a core more per idle worker (docs/benchmarks-notes.md).
+    fetch_max_wait_ms: int = 20
     api_token: str | None = None
     metrics_port: int = 6066
     app_id: str = "msgstatus"
@@ -224,6 +228,7 @@ class Settings:
                 if part.strip()
             ),
             session_timeout=_float(env, "MSGSTATUS_SESSION_TIMEOUT", d.session_timeout),
+            fetch_max_wait_ms=_int(env, "MSGSTATUS_FETCH_MAX_WAIT_MS", d.fetch_max_wait_ms),
             api_token=env.get("MSGSTATUS_API_TOKEN") or None,
             metrics_port=_int(env, "MSGSTATUS_METRICS_PORT", d.metrics_port),
             app_id=env.get("MSGSTATUS_APP_ID", d.app_id),
@@ -240,4 +245,6 @@ class Settings:
             raise ConfigError("MSGSTATUS_PARTITIONS must be at least 1")
         if settings.max_body_bytes < 1:
             raise ConfigError("MSGSTATUS_MAX_BODY_BYTES must be positive")
+        if not 0 <= settings.fetch_max_wait_ms <= 10_000:
+            raise ConfigError("MSGSTATUS_FETCH_MAX_WAIT_MS must be between 0 and 10000")
         return settings

@@ -82,14 +82,17 @@ faust_consumer.Consumer.__init__ = _consumer_init  # type: ignore[method-assign]
 # have nothing new waits at the broker up to 1.5 s, and while it is in flight aiokafka
 # cannot fetch the partitions whose records the agents just finished. Each hop between
 # the worker's own stages then waited for it (the ordering agent waited for input two
-# thirds of the time while records were ready). An empty fetch every FETCH_MAX_WAIT_MS
-# per idle worker is cheap.
-FETCH_MAX_WAIT_MS = 20
+# thirds of the time while records were ready). MSGSTATUS_FETCH_MAX_WAIT_MS sets it; an
+# idle worker then fetches that often (measured: ~3 % of a core more for the worker and
+# ~6 % for the broker at 20 ms than at 1500 ms).
+FETCH_WAIT_ATTR = "msgstatus_fetch_max_wait_ms"
 
 
 def _create_worker_consumer(self: Any, transport: Any) -> Any:
     consumer = _original_worker_consumer(self, transport)
-    consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts
+    wait = getattr(self.app, FETCH_WAIT_ATTR, None)
+    if wait is not None:
+        consumer._fetch_max_wait_ms = wait  # read when the consumer starts
     return consumer
 
 
@@ -254,6 +257,7 @@ def build(
         # it) rather than leave a process that looks alive and processes nothing.
         agent_supervisor=CrashingSupervisor,
     )
+    setattr(app, FETCH_WAIT_ATTR, settings.fetch_max_wait_ms)
     raw_names = [raw_topic(settings, name) for name in providers.REGISTRY]
     canonical = app.topic(
         settings.topic(CANONICAL),
