@@ -19,7 +19,7 @@ H_URL = "msgstatus-url"
 H_RECEIVED_AT = "msgstatus-received-at"
 H_POLLED = "msgstatus-polled"
 H_CONTENT_TYPE = "msgstatus-content-type"
-KEPT_PREFIX = "h-"  # two characters: decode() slices by that
+KEPT_PREFIX = "h-"
 
 
 @dataclass(slots=True, frozen=True)
@@ -49,25 +49,21 @@ def encode(topic: str, request: WebhookRequest, keep: Iterable[str]) -> RawRecor
     return RawRecord(topic, key, request.body, headers)
 
 
-def _text(raw: Any) -> str:
-    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-
-
 def decode(
     value: bytes, headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes]
 ) -> WebhookRequest:
     """Rebuild the request a provider made; raises ValueError when headers are missing."""
-    # Kafka clients hand over a list or tuple: skip the (slow) ABC check for them.
-    if type(headers) is list or type(headers) is tuple or not isinstance(headers, Mapping):
+    # Kafka clients hand over a list or tuple: skip the (slow) Mapping ABC check for them.
+    if isinstance(headers, list | tuple) or not isinstance(headers, Mapping):
         items: Any = headers
     else:
         items = headers.items()
     meta: dict[str, str] = {}
     kept: dict[str, str] = {}
     for name, raw in items:
-        text = raw.decode("utf-8", "replace") if type(raw) is bytes else _text(raw)
-        if name[:2] == KEPT_PREFIX:
-            kept[name[2:]] = text
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        if name.startswith(KEPT_PREFIX):
+            kept[name[len(KEPT_PREFIX) :]] = text
         else:
             meta[name] = text
     try:
