@@ -13,7 +13,7 @@ import pytest
 from support.processes import ROOT, base_env, start_worker
 from support.stream import collect, send_events
 
-from processors.bench.processor import _committed, _ends
+from processors.bench.processor import _ends, _wait_consumed
 from processors.config import Settings
 from processors.providers import REGISTRY
 from processors.topics import all_topics, ensure_topics
@@ -40,18 +40,6 @@ async def _raw_end(bootstrap: str, topic: str) -> int:
     return sum((await _ends(bootstrap, [topic])).values())
 
 
-async def _drained(bootstrap: str, group: str, topic: str, timeout: float = 60) -> None:
-    """Until `group` has committed everything that is in `topic` now."""
-    deadline = time.monotonic() + timeout
-    ends = await _ends(bootstrap, [topic])
-    while time.monotonic() < deadline:
-        done = await _committed(bootstrap, group)
-        if all(done.get(tp, 0) >= end for tp, end in ends.items()):
-            return
-        await asyncio.sleep(0.5)
-    raise TimeoutError(f"{group} did not drain {topic}")
-
-
 async def test_replay_and_redrive(kafka, topic_prefix, tmp_path):
     settings = Settings(kafka_bootstrap=kafka.bootstrap, topic_prefix=topic_prefix, partitions=4)
     await ensure_topics(settings, all_topics(settings, REGISTRY))
@@ -67,7 +55,7 @@ async def test_replay_and_redrive(kafka, topic_prefix, tmp_path):
     worker = start_worker(env, tmp_path, "--no-read-model")
     try:
         await collect(kafka.bootstrap, status, lambda got: len(got) == 21, timeout=90)
-        await _drained(kafka.bootstrap, group, raw_events)
+        await _wait_consumed(kafka.bootstrap, group, [raw_events], 60)
         emitted = await _raw_end(kafka.bootstrap, status)
         assert emitted == 41  # 20 x (sent, delivered) + read
 
@@ -92,7 +80,7 @@ async def test_replay_and_redrive(kafka, topic_prefix, tmp_path):
         assert done.returncode == 0, done.stderr
         assert orjson.loads(done.stdout)["records"] == 1
         assert await _raw_end(kafka.bootstrap, raw_events) == before + 1
-        await _drained(kafka.bootstrap, group, raw_events)
+        await _wait_consumed(kafka.bootstrap, group, [raw_events], 60)
         # the parser still rejects "bogus": a new dead letter; "good" is a duplicate
         deadline = time.monotonic() + 30
         while await _raw_end(kafka.bootstrap, deadletter) < 2 and time.monotonic() < deadline:
@@ -113,11 +101,11 @@ async def test_replay_and_redrive(kafka, topic_prefix, tmp_path):
             again = _cli(env, "replay", "--provider", "events")
             assert again.returncode == 0, again.stderr
             assert orjson.loads(again.stdout)["records"] == before * round_
-            await _drained(kafka.bootstrap, group, raw_events)
+            await _wait_consumed(kafka.bootstrap, group, [raw_events], 60)
         # the ordering agent, then the emitter, have handled all the replay produced
         agents = f"{topic_prefix}{settings.app_id}"
-        await _drained(kafka.bootstrap, agents, settings.topic("status.canonical"))
-        await _drained(kafka.bootstrap, agents, settings.topic("status.transitions"))
+        await _wait_consumed(kafka.bootstrap, agents, [settings.topic("status.canonical")], 60)
+        await _wait_consumed(kafka.bootstrap, agents, [settings.topic("status.transitions")], 60)
         assert await _raw_end(kafka.bootstrap, status) == emitted, worker.log_tail()
     finally:
         worker.stop()
