@@ -132,6 +132,49 @@ def _secret_field(name: str) -> tuple[str, str]:
     return provider, key
 
 
+# Providers that can be polled for one message (processors/ingest/pollers/).
+POLLABLE = ("ryze", "octopods")
+MAX_DEADLINE = 7 * 86400.0  # the deadline index is exercised up to this horizon
+
+
+def _ask_providers(env: Mapping[str, str]) -> frozenset[str]:
+    raw = env.get("MSGSTATUS_DELIVERY_UNKNOWN_ASK")
+    if raw is None:
+        return frozenset(p for p in POLLABLE if env.get(f"MSGSTATUS_{p.upper()}_API_URL"))
+    names = frozenset(part.strip() for part in raw.split(",") if part.strip())
+    unknown = names - set(POLLABLE)
+    if unknown:
+        raise ConfigError(
+            f"MSGSTATUS_DELIVERY_UNKNOWN_ASK: {', '.join(sorted(unknown))} cannot be polled "
+            f"(pollable: {', '.join(POLLABLE)})"
+        )
+    return names
+
+
+def _check_deadlines(settings: Settings) -> None:
+    after = settings.delivery_unknown_after
+    if after > MAX_DEADLINE:
+        raise ConfigError(
+            f"MSGSTATUS_DELIVERY_UNKNOWN_AFTER must be at most {MAX_DEADLINE:.0f} s (7 days)"
+        )
+    for name, value in (
+        ("MSGSTATUS_DELIVERY_UNKNOWN_GRACE", settings.delivery_unknown_grace),
+        ("MSGSTATUS_DELIVERY_UNKNOWN_ASK_TIMEOUT", settings.delivery_unknown_ask_timeout),
+    ):
+        if value < 0:
+            raise ConfigError(f"{name} must not be negative")
+    longest = after + settings.delivery_unknown_grace + settings.delivery_unknown_ask_timeout
+    if 0 < settings.state_retention < longest + 86400:
+        raise ConfigError(
+            "MSGSTATUS_STATE_RETENTION must exceed the delivery_unknown deadline, grace and ask "
+            f"timeout by a day at least ({longest + 86400:.0f} s); 0 keeps state forever"
+        )
+    if 0 < settings.state_marker_retention < settings.state_retention:
+        raise ConfigError(
+            "MSGSTATUS_STATE_MARKER_RETENTION must not be shorter than MSGSTATUS_STATE_RETENTION"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     kafka_bootstrap: str = "127.0.0.1:9092"
@@ -146,6 +189,15 @@ class Settings:
     max_body_bytes: int = 1_048_576
     delivery_unknown_after: float = 3600.0
     delivery_unknown_disabled: frozenset[str] = frozenset()
+    # slack on top of the receive-time watermark before a deadline fires: covers gateway
+    # clock skew and records still in flight from a gateway when the watermark moved
+    delivery_unknown_grace: float = 30.0
+    # providers whose due messages are polled once before delivery_unknown (default: those
+    # whose poller is configured in this environment, MSGSTATUS_<P>_API_URL)
+    delivery_unknown_ask: frozenset[str] = frozenset()
+    delivery_unknown_ask_timeout: float = 120.0
+    state_retention: float = 30 * 86400.0
+    state_marker_retention: float = 365 * 86400.0
     session_timeout: float = 10.0
     # How long the worker's Faust consumer lets the broker hold a fetch that finds nothing
     # new (Faust's own value is 1500): shorter hops between the worker's stages under
@@ -227,6 +279,17 @@ class Settings:
                 for part in env.get("MSGSTATUS_DELIVERY_UNKNOWN_DISABLED", "").split(",")
                 if part.strip()
             ),
+            delivery_unknown_grace=_float(
+                env, "MSGSTATUS_DELIVERY_UNKNOWN_GRACE", d.delivery_unknown_grace
+            ),
+            delivery_unknown_ask=_ask_providers(env),
+            delivery_unknown_ask_timeout=_float(
+                env, "MSGSTATUS_DELIVERY_UNKNOWN_ASK_TIMEOUT", d.delivery_unknown_ask_timeout
+            ),
+            state_retention=_float(env, "MSGSTATUS_STATE_RETENTION", d.state_retention),
+            state_marker_retention=_float(
+                env, "MSGSTATUS_STATE_MARKER_RETENTION", d.state_marker_retention
+            ),
             session_timeout=_float(env, "MSGSTATUS_SESSION_TIMEOUT", d.session_timeout),
             fetch_max_wait_ms=_int(env, "MSGSTATUS_FETCH_MAX_WAIT_MS", d.fetch_max_wait_ms),
             api_token=env.get("MSGSTATUS_API_TOKEN") or None,
@@ -247,4 +310,5 @@ class Settings:
             raise ConfigError("MSGSTATUS_MAX_BODY_BYTES must be positive")
         if not 0 <= settings.fetch_max_wait_ms <= 10_000:
             raise ConfigError("MSGSTATUS_FETCH_MAX_WAIT_MS must be between 0 and 10000")
+        _check_deadlines(settings)
         return settings

@@ -27,6 +27,9 @@ DEADLETTER = "status.deadletter"
 # Messenger watermarks and the outbound messages they cover, keyed by conversation
 # (processors/stream/watermarks.py).
 CONVERSATIONS = "status.conversations"
+# "Ask the provider once before delivery_unknown": the emitter's questions to the poller,
+# keyed by message_key (processors/stream/emission.py, processors/ingest/pollers/).
+POLL_REQUESTS = "status.pollrequests"
 
 
 # The worker's Faust tables (processors/stream/app.py). Their changelog topics are created
@@ -60,6 +63,7 @@ def all_topics(settings: Settings, providers: Iterable[str]) -> list[str]:
     names = [raw_topic(settings, p) for p in providers]
     names += [settings.topic(t) for t in (CANONICAL, TRANSITIONS, STATUS, DEADLETTER)]
     names.append(settings.topic(CONVERSATIONS))
+    names.append(settings.topic(POLL_REQUESTS))
     names += [changelog_topic(settings, table) for table in TABLES]
     return names
 

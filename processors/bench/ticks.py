@@ -1,9 +1,10 @@
 """Deadline tick cost with 10k vs 1M pending deadlines, on a real RocksDB.
 
 The emitter's pure logic runs over a rocksdict database exactly as in the worker (reads
-straight from RocksDB, one WriteBatch per tick). Each round parks N deadlines an hour
-ahead plus 100 due now, then times one check. If the cost followed the table size, the
-1M round would be ~100x the 10k round; it should be about the same.
+and range scans straight from RocksDB, one WriteBatch per marker). Each round parks N
+deadlines spread over the next 7 days plus 100 due now, then times one watermark marker.
+If the cost followed the table size or the horizon, the 1M round would be ~100x the 10k
+round; it should be about the same.
 """
 
 from __future__ import annotations
@@ -56,18 +57,18 @@ def _flush(db: Rdict, batch: PartitionBatch) -> None:
 
 
 def fill(db: Rdict, pending: int) -> None:
-    batch = PartitionBatch(db)
+    batch = PartitionBatch(db, {})
     for i in range(pending):
         key = f"twilio:P{i:09d}"
-        deadline = NOW + 3600 + (i % 3600)
-        deadlines.add(batch, deadline, key)
+        deadline = NOW + 3600 + (i * 7 * 86400 / pending)
+        deadlines.file(batch, deadlines.DEADLINE, deadline, key)
         batch[key] = _state(key, deadline)
         if len(batch.pending) > 50_000:
             _flush(db, batch)
     for i in range(DUE):
         key = f"twilio:D{i:09d}"
         deadline = NOW - 1 - i % 5
-        deadlines.add(batch, deadline, key)
+        deadlines.file(batch, deadlines.DEADLINE, deadline, key)
         batch[key] = _state(key, deadline)
     deadlines.add_pending(batch, pending + DUE)
     _flush(db, batch)
@@ -84,9 +85,9 @@ def one_round(workdir: Path, pending: int, repeats: int = 5) -> dict[str, Any]:
         timings = []
         fired = 0
         for r in range(repeats):
-            batch = PartitionBatch(db)
+            batch = PartitionBatch(db, {})
             tick_started = time.perf_counter()
-            out = Emitter(batch, Policy(after=3600.0), history=False).on_check(
+            out = Emitter(batch, Policy(after=3600.0), history=False).on_marker(
                 NOW + r * 0.5, 10 + r, NOW
             )
             _flush(db, batch)

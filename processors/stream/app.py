@@ -1,13 +1,22 @@
 """The Faust app: topics, tables and the three agents wired to the pure logic.
 
 Agents are `async for` loops that call normalize/ordering/emission functions; all
-decisions live there. State changes happen only while an event is being processed
-(Faust's rule), so the deadline timer sends check records instead of touching tables.
+decisions live there. What this module adds is the discipline that makes a crash, a
+rebalance or a zombie harmless (docs/architecture.md, "Crash consistency"):
+
+- every record is admitted by `Progress` (in order, once) under an ownership token;
+- its table writes are one write-behind unit (fasttable.py), its outputs go through the
+  partition writers or the producer with the token checked;
+- input offsets are committed by `Progress` after the outputs are acknowledged, every
+  second and at every revoke; a revoke lets the record in hand finish, flushes, commits
+  and only then lets Faust close the tables;
+- the agents' producer holds its writes whenever the group lease lapsed (patches.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import time
@@ -17,23 +26,27 @@ from typing import Any
 
 import faust
 import orjson
-from faust.transport import consumer as faust_consumer
-from faust.transport.drivers import aiokafka as faust_aiokafka
+from aiokafka import AIOKafkaProducer
 from mode import CrashingSupervisor
 
 from processors import providers
 from processors.config import Settings
 from processors.store.readmodel import ReadModel, ReadModelUnavailable
-from processors.stream import deadlines, metrics, restore
+from processors.stream import deadlines, faults, fence, markers, metrics, patches
 from processors.stream.emission import Emitter, Policy
 from processors.stream.fasttable import FastTable
+from processors.stream.fence import Fenced, Lease, Ownership, Token
 from processors.stream.normalizer import Normalizer
-from processors.stream.ordering import order_record
+from processors.stream.ordering import Rules, on_marker, order_record
+from processors.stream.progress import Progress
 from processors.stream.watermarks import expand_record
-from processors.stream.writers import PartitionWriters
+from processors.stream.watermarks import on_marker as conversation_marker
+from processors.stream.writers import PartitionWriters, Unit
 from processors.topics import (
     CANONICAL,
     CONVERSATIONS,
+    DEADLETTER,
+    POLL_REQUESTS,
     STATUS,
     TRANSITIONS,
     partition_for,
@@ -42,67 +55,11 @@ from processors.topics import (
 
 log = logging.getLogger(__name__)
 
-# Faust enables idempotence only inside transactions; we run at-least-once and want
-# acks=all writes that cannot be duplicated or reordered by producer retries.
-faust_aiokafka.Producer._settings_extra = lambda self: {"enable_idempotence": True}  # type: ignore[method-assign]
-
-
-class _NoReadOffsets(dict):
-    """Disables Faust's fetch-side read-offset filter (faust-streaming 0.15.x).
-
-    After a rebalance Faust seeks to the committed offset, but a fetch of the old
-    generation that is still in flight then overwrites the read offset; the refetched
-    records below it are silently dropped as "already read", and the gap logic even acks
-    some of them. We saw records committed that no agent ever processed (tests/integration/
-    test_worker_crash.py). Our topics have no transactions or compaction, so there are no
-    real gaps, and every agent is idempotent, so delivering a record twice is harmless.
-    """
-
-    def __getitem__(self, key: Any) -> None:
-        return None
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        pass
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
-_original_consumer_init = faust_consumer.Consumer.__init__
-
-
-def _consumer_init(self: Any, *args: Any, **kwargs: Any) -> None:
-    _original_consumer_init(self, *args, **kwargs)
-    self._read_offset = _NoReadOffsets()
-
-
-faust_consumer.Consumer.__init__ = _consumer_init  # type: ignore[method-assign]
-
-# Faust builds its consumer with fetch_max_wait_ms=1500: a fetch for partitions that
-# have nothing new waits at the broker up to 1.5 s, and while it is in flight aiokafka
-# cannot fetch the partitions whose records the agents just finished. Each hop between
-# the worker's own stages then waited for it (the ordering agent waited for input two
-# thirds of the time while records were ready). MSGSTATUS_FETCH_MAX_WAIT_MS sets it; an
-# idle worker then fetches that often (measured: ~3 % of a core more for the worker and
-# ~6 % for the broker at 20 ms than at 1500 ms).
-FETCH_WAIT_ATTR = "msgstatus_fetch_max_wait_ms"
-
-
-def _create_worker_consumer(self: Any, transport: Any) -> Any:
-    consumer = _original_worker_consumer(self, transport)
-    wait = getattr(self.app, FETCH_WAIT_ATTR, None)
-    if wait is not None:
-        consumer._fetch_max_wait_ms = wait  # read when the consumer starts
-    return consumer
-
-
-_original_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
-faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
-
-# Table recovery copies changelog bytes in bulk before Faust's per-event path runs.
-restore.install()
-
 NOISY_LOGGERS = ("faust", "mode", "aiokafka", "kafka", "rocksdict", "asyncio")
+# What the worker's producers may send in one request: table units up to writers.py's
+# MAX_UNIT_BYTES travel as one record batch (the internal topics allow 8 MiB records).
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+COMMIT_INTERVAL = 1.0
 
 
 def quiet_logging(level: str) -> None:
@@ -115,44 +72,6 @@ def quiet_logging(level: str) -> None:
     logging.getLogger().setLevel(numeric)
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
-
-
-class Watermark:
-    """How far in receive time every upstream input of this worker is known complete.
-
-    A deadline may fire only when nothing received before it can still be on its way.
-    For each raw and canonical partition this worker reads, it remembers the offset and
-    receive time (`observed_at`) of the last record processed; a partition that still has
-    unread records holds the watermark at that receive time, and one whose end is not
-    known yet (start-up, table recovery) holds every check back. So a `delivered` that
-    waits upstream (a restart, a backlog, a replay of last week's log, raw partitions
-    read at different speeds) is never overtaken by its own `delivery_unknown`; live,
-    the watermark is the wall clock.
-    """
-
-    def __init__(self) -> None:
-        self._done: dict[Any, tuple[int, float]] = {}  # tp -> (offset, observed_at)
-
-    def processed(self, tp: Any, offset: int, observed_at: float | None) -> None:
-        if observed_at is None:
-            previous = self._done.get(tp)
-            observed_at = previous[1] if previous else 0.0
-        self._done[tp] = (offset, observed_at)
-
-    def now(self, wall: float, inputs: list[tuple[Any, int | None, int | None]]) -> float | None:
-        """`inputs`: (tp, end offset, committed offset) per upstream partition."""
-        low = wall
-        for tp, end, committed in inputs:
-            if end is None:
-                return None
-            done = self._done.get(tp)
-            position = max(done[0] + 1 if done else 0, committed or 0)
-            if position >= end:
-                continue
-            if done is None:
-                return None
-            low = min(low, done[1])
-        return low
 
 
 class RawTable(MutableMapping[str, bytes]):
@@ -187,48 +106,61 @@ class RawTable(MutableMapping[str, bytes]):
 def on_sent(fut: asyncio.Future) -> None:
     """A flush waits for sends to finish, not to succeed: a send that failed for good
     must stop the worker before its input offset can be committed."""
-    if not fut.cancelled() and fut.exception() is not None:
-        log.critical("a Kafka write failed, stopping the worker: %r", fut.exception())
-        os._exit(70)  # crash-only: the input is redelivered on restart
-
-
-def on_batch_sent(fut: asyncio.Future, count: int) -> None:
-    fut.add_done_callback(on_sent)
+    if fut.cancelled():
+        return
+    exc = fut.exception()
+    if exc is None:
+        return
+    if isinstance(exc, Fenced):
+        metrics.FENCED_WRITES.inc()
+        return
+    log.critical("a Kafka write failed, stopping the worker: %r", exc)
+    logging.shutdown()
+    os._exit(70)  # crash-only: the input is redelivered on restart
 
 
 def on_write_error(exc: BaseException) -> None:
+    logging.shutdown()
     os._exit(70)  # records that never reached the producer: same as a failed send
 
 
-def flush_writers_first(app: faust.App, writers: PartitionWriters) -> None:
-    """Faust's commit (and its rebalance and shutdown paths) await its producer's flush
-    before committing offsets; records still queued in a partition writer must be in
-    that producer by then."""
-    producer = app.producer
-    flush = producer.flush
-
-    async def flush_with_writers() -> None:
-        await writers.drain()
-        await flush()
-
-    producer.flush = flush_with_writers  # type: ignore[method-assign]
-
-
-def _end_offset(app: faust.App, tp: Any) -> int | None:
-    """The partition's end as last fetched; None while unknown (e.g. mid-rebalance)."""
-    try:
-        return app.consumer.highwater(tp)
-    except Exception:
-        return None
+def stage_dead_letter(stage: str, msg: Any, value: bytes, exc: BaseException) -> bytes:
+    """A record a stage could not process (a bug or a record no stage can write): kept
+    with its bytes so it can be looked at and redriven, instead of stopping the partition."""
+    kept = value[: 512 * 1024]
+    return orjson.dumps(
+        {
+            "id": f"{msg.topic}:{msg.partition}:{msg.offset}",
+            "reason": f"{stage} stage error {type(exc).__name__}: {str(exc)[:500]}",
+            "category": "stage_error",
+            "provider": None,
+            "source": f"{msg.topic}:{msg.partition}:{msg.offset}",
+            "body_b64": base64.b64encode(kept).decode(),
+            "body_bytes": len(value),
+        }
+    )
 
 
 def _raw_table(app: faust.App, name: str, partitions: int) -> RawTable:
     return RawTable(app.Table(name, key_type=bytes, value_type=bytes, partitions=partitions))
 
 
+def policy_for(settings: Settings) -> Policy:
+    return Policy(
+        after=settings.delivery_unknown_after,
+        disabled=settings.delivery_unknown_disabled,
+        grace=settings.delivery_unknown_grace,
+        ask=settings.delivery_unknown_ask,
+        ask_timeout=settings.delivery_unknown_ask_timeout,
+        retention=settings.state_retention,
+        marker_retention=settings.state_marker_retention,
+    )
+
+
 def build(
-    settings: Settings, read_model: ReadModel | None = None, check_interval: float | None = None
+    settings: Settings, read_model: ReadModel | None = None, mark_interval: float | None = None
 ) -> faust.App:
+    patches.install()
     app_id = f"{settings.topic_prefix}{settings.app_id}"
     # Faust names RocksDB files by table only: keep each app's state apart.
     datadir = Path(settings.data_dir) / "faust" / app_id
@@ -245,8 +177,9 @@ def build(
         # aiokafka's 16 KB default each is a batch of its own, and the next send to that
         # partition waits for the broker's answer to the previous one.
         producer_max_batch_size=512 * 1024,
+        producer_max_request_size=MAX_REQUEST_BYTES,
         consumer_auto_offset_reset="earliest",
-        broker_commit_interval=1.0,
+        broker_commit_interval=COMMIT_INTERVAL,
         broker_session_timeout=settings.session_timeout,
         broker_heartbeat_interval=max(0.5, settings.session_timeout / 10),
         web_enabled=False,
@@ -257,77 +190,307 @@ def build(
         # it) rather than leave a process that looks alive and processes nothing.
         agent_supervisor=CrashingSupervisor,
     )
-    setattr(app, FETCH_WAIT_ATTR, settings.fetch_max_wait_ms)
+    setattr(app, patches.FETCH_WAIT_ATTR, settings.fetch_max_wait_ms)
+    ownership = Ownership()
+    lease = Lease(settings.session_timeout)
+    fence.watch(app_id, lease)
     raw_names = [raw_topic(settings, name) for name in providers.REGISTRY]
-    canonical = app.topic(
-        settings.topic(CANONICAL),
-        value_type=bytes,
-        value_serializer="raw",
-        key_serializer="raw",
-        partitions=settings.partitions,
+    partitions = settings.partitions
+
+    def internal(name: str) -> Any:
+        # acks off: Faust neither tracks nor commits these offsets, Progress does.
+        return app.topic(
+            settings.topic(name),
+            value_type=bytes,
+            value_serializer="raw",
+            key_serializer="raw",
+            partitions=partitions,
+            acks=False,
+        )
+
+    canonical, transitions, conversations = (
+        internal(CANONICAL),
+        internal(TRANSITIONS),
+        internal(CONVERSATIONS),
     )
-    transitions = app.topic(
-        settings.topic(TRANSITIONS),
-        value_type=bytes,
-        value_serializer="raw",
-        key_serializer="raw",
-        partitions=settings.partitions,
-    )
-    ordering_table = _raw_table(app, "ordering", settings.partitions)
-    emitter_table = _raw_table(app, "emitter", settings.partitions)
-    watermark = Watermark()
-    policy = Policy(
-        after=settings.delivery_unknown_after, disabled=settings.delivery_unknown_disabled
+    ordering_table = _raw_table(app, "ordering", partitions)
+    emitter_table = _raw_table(app, "emitter", partitions)
+    conversation_table = _raw_table(app, "conversations", partitions)
+    policy = policy_for(settings)
+    rules = Rules(
+        retention=settings.state_retention, marker_retention=settings.state_marker_retention
     )
     read_model_queue: asyncio.Queue[tuple[list, list]] = asyncio.Queue(maxsize=10_000)
+
+    writers = PartitionWriters(lambda: app.producer._ensure_producer(), on_write_error, ownership)
+
+    async def flush() -> None:
+        await writers.drain()
+        await app.producer.flush()
+
+    progress = Progress(app, ownership, lease, flush)
+    fast_ordering = FastTable(ordering_table.table, writers, ownership)
+    fast_emitter = FastTable(emitter_table.table, writers, ownership)
+    fast_conversations = FastTable(conversation_table.table, writers, ownership)
+    tables_by_input = {
+        settings.topic(CANONICAL): fast_ordering,
+        settings.topic(TRANSITIONS): fast_emitter,
+        settings.topic(CONVERSATIONS): fast_conversations,
+    }
+    names = {
+        "canonical": settings.topic(CANONICAL),
+        "transitions": settings.topic(TRANSITIONS),
+        "status": settings.topic(STATUS),
+        "requests": settings.topic(POLL_REQUESTS),
+        "deadletter": settings.topic(DEADLETTER),
+    }
+
+    async def send(
+        topic: str, key: bytes, value: bytes, partition: int | None, token: Token | None
+    ) -> None:
+        """Append to the agents' producer without waiting for the broker: `Progress`
+        flushes it before it commits the input offsets (at-least-once)."""
+        if not ownership.live(token):
+            metrics.FENCED_WRITES.inc()
+            return
+        fut = await app.producer._ensure_producer().send(topic, value, key=key, partition=partition)
+        fut.add_done_callback(on_sent)
+
+    async def dead_letter(
+        stage: str, msg: Any, value: bytes, exc: BaseException, token: Token
+    ) -> None:
+        log.error(
+            "%s: record %s:%s:%s dead-lettered: %r",
+            stage,
+            msg.topic,
+            msg.partition,
+            msg.offset,
+            exc,
+        )
+        metrics.DEADLETTERS.labels("-", "stage_error").inc()
+        key = f"{msg.topic}:{msg.partition}:{msg.offset}".encode()
+        await send(names["deadletter"], key, stage_dead_letter(stage, msg, value, exc), None, token)
 
     # --- Messenger watermarks (processors/stream/watermarks.py) ------------------------
     # The conversation agent, keyed by conversation with its own table, expands each
     # watermark over the outbound messages registered for that conversation into
     # canonical events, sent to status.canonical on their message's partition.
-    conversations = app.topic(
-        settings.topic(CONVERSATIONS),
-        value_type=bytes,
-        value_serializer="raw",
-        key_serializer="raw",
-        partitions=settings.partitions,
-    )
-    conversation_table = _raw_table(app, "conversations", settings.partitions)
-
     @app.agent(conversations, concurrency=1)
     async def conversation_agent(stream: Any) -> None:
         async for event in stream.events():
             msg = event.message
-            body = orjson.loads(event.value)
-            marks = body.get("watermarks", [])
-            seen = max((float(m["observed_at"]) for m in marks), default=None)
-            watermark.processed(msg.tp, msg.offset, seen)
-            produced = expand_record(
-                conversation_table, body.get("registrations", []), marks, msg.offset
-            )
-            by_partition: dict[int, list[dict[str, Any]]] = {}
-            for ev in produced:
-                key = f"{ev['provider']}:{ev['provider_message_id']}"
-                by_partition.setdefault(partition_for(key, settings.partitions), []).append(ev)
-            for partition, events in by_partition.items():
-                first = f"{events[0]['provider']}:{events[0]['provider_message_id']}"
-                value = orjson.dumps({"events": events})
-                await canonical.send(key=first.encode(), value=value, partition=partition)
+            token = await progress.admit("conversations", msg.tp, msg.offset)
+            if token is None:
+                continue
+            batch = fast_conversations.begin(msg.partition)
+            outputs: list[tuple[bytes, bytes, int]] = []
+            try:
+                body = orjson.loads(event.value)
+                if markers.is_marker(event.key):
+                    bound = conversation_marker(batch, body["wm"], settings.state_retention)
+                    if bound is not None:
+                        value = orjson.dumps(markers.conversation_marker(msg.partition, bound))
+                        outputs = [(markers.KEY, value, p) for p in range(partitions)]
+                else:
+                    produced = expand_record(
+                        batch,
+                        body.get("registrations", []),
+                        body.get("watermarks", []),
+                        msg.offset,
+                        settings.state_retention,
+                    )
+                    by_partition: dict[int, list[dict[str, Any]]] = {}
+                    for ev in produced:
+                        key = f"{ev['provider']}:{ev['provider_message_id']}"
+                        by_partition.setdefault(partition_for(key, partitions), []).append(ev)
+                    for partition, events in by_partition.items():
+                        first = f"{events[0]['provider']}:{events[0]['provider_message_id']}"
+                        outputs.append(
+                            (first.encode(), orjson.dumps({"events": events}), partition)
+                        )
+                fast_conversations.check(batch)
+            except Exception as exc:  # a record no rule can take: a dead letter, not a stop
+                await dead_letter("conversations", msg, event.value, exc, token)
+                progress.done("conversations", token, msg.offset)
+                continue
+            await fast_conversations.write(token, msg.partition, batch)
+            for key, value, partition in outputs:
+                await send(names["canonical"], key, value, partition, token)
+            progress.done("conversations", token, msg.offset)
 
     # --- end Messenger watermarks ------------------------------------------------------
 
-    writers = PartitionWriters(lambda: app.producer._ensure_producer(), on_write_error)
-    flush_writers_first(app, writers)
-    fast_ordering = FastTable(ordering_table.table, writers, on_sent)
-    fast_emitter = FastTable(emitter_table.table, writers, on_sent)
-    transitions_name, status_name = settings.topic(TRANSITIONS), settings.topic(STATUS)
+    @app.agent(canonical, concurrency=1)
+    async def ordering_agent(stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            token = await progress.admit("ordering", msg.tp, msg.offset)
+            if token is None:
+                continue
+            batch = fast_ordering.begin(msg.partition)
+            try:
+                body = orjson.loads(event.value)
+                if markers.is_marker(event.key):
+                    items = None
+                    bound = on_marker(batch, body["wm"], rules)
+                    value = None if bound is None else orjson.dumps(markers.bound_marker(bound))
+                    key = markers.KEY
+                else:
+                    items = order_record(batch, body["events"], msg.offset, rules)
+                    value = orjson.dumps({"items": items})
+                    key = event.key or b""
+                fast_ordering.check(batch)
+            except Exception as exc:  # a record no rule can take: a dead letter, not a stop
+                await dead_letter("ordering", msg, event.value, exc, token)
+                progress.done("ordering", token, msg.offset)
+                continue
+            await fast_ordering.write(token, msg.partition, batch)
+            if value is not None:
+                await send(names["transitions"], key, value, msg.partition, token)
+            if items:
+                counts: dict[str, int] = {}
+                for it in items:
+                    counts[it["o"]] = counts.get(it["o"], 0) + 1
+                for outcome, n in counts.items():
+                    metrics.OUTCOMES.labels(outcome).inc(n)
+            progress.done("ordering", token, msg.offset)
 
-    async def send(
-        topic: str, key: bytes, value: bytes, partition: int | None = None
+    @app.agent(transitions, concurrency=1)
+    async def emitter_agent(stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            token = await progress.admit("emitter", msg.tp, msg.offset)
+            if token is None:
+                continue
+            batch = fast_emitter.begin(msg.partition)
+            try:
+                out = decide(event, msg, batch)
+                fast_emitter.check(batch)
+            except Exception as exc:  # a record no rule can take: a dead letter, not a stop
+                await dead_letter("emitter", msg, event.value, exc, token)
+                progress.done("emitter", token, msg.offset)
+                continue
+            pending = deadlines.pending(batch)
+            await fast_emitter.write(token, msg.partition, batch)
+            await publish(out, msg, token, pending)
+            progress.done("emitter", token, msg.offset)
+
+    def decide(event: Any, msg: Any, batch: Any) -> Any:
+        body = orjson.loads(event.value)
+        ts = float(msg.timestamp)  # the record's own time: a redelivery emits the same bytes
+        logic = Emitter(batch, policy, history=read_model is not None)
+        if markers.is_marker(event.key):
+            bound = float(body["wm"]["bound"])
+            metrics.WATERMARK_LAG.labels(str(msg.partition)).set(max(0.0, time.time() - bound))
+            return logic.on_marker(bound, msg.offset, ts)
+        return logic.on_transitions(body["items"], msg.offset, ts)
+
+    async def publish(out: Any, msg: Any, token: Token, pending: int) -> None:
+        if out.events:
+            records = [(key.encode(), orjson.dumps(ce)) for key, ce in out.events]
+            unit = Unit(records, token, atomic=False, kind="output")
+            await writers.append(names["status"], msg.partition, unit)
+            counts: dict[str, int] = {}
+            for _, ce in out.events:
+                counts[ce["data"]["status"]] = counts.get(ce["data"]["status"], 0) + 1
+            for status_word, n in counts.items():
+                metrics.EMITTED.labels(status_word).inc(n)
+        if out.requests:
+            records = [(key.encode(), orjson.dumps(req)) for key, req in out.requests]
+            unit = Unit(records, token, atomic=False, kind="output")
+            await writers.append(names["requests"], msg.partition, unit)
+            metrics.ASKED.inc(out.asked)
+        if out.fired:
+            metrics.DELIVERY_UNKNOWN.inc(out.fired)
+        if out.repeated:
+            metrics.REEMITTED.inc(out.repeated)
+        for seconds in out.latencies:
+            metrics.END_TO_END.observe(max(0.0, seconds))
+        metrics.PENDING_DEADLINES.labels(str(msg.partition)).set(pending)
+        if read_model is not None and (out.docs or out.notes):
+            try:
+                read_model_queue.put_nowait((list(out.docs.values()), out.notes))
+            except asyncio.QueueFull:
+                metrics.READ_MODEL_DROPPED.inc()
+
+    # --- rebalances: let the record in hand finish, flush, commit, fence ---------------
+    input_topics = set(tables_by_input)
+    original_revoked = app._on_partitions_revoked
+    original_assigned = app._on_partitions_assigned
+
+    async def quiesce(tps: set[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + settings.session_timeout * 0.5
+        while lease.valid():
+            idle = asyncio.ensure_future(progress.idle())
+            done, _ = await asyncio.wait([idle], timeout=0.2)
+            if done:
+                break
+            idle.cancel()
+            if loop.time() > give_up:
+                log.warning("revoke: a record is still in hand after %.1f s", give_up)
+                break
+        faults.point("revoke-waiting")
+        if lease.valid():
+            await progress.commit(tps)
+        else:
+            failed = patches.fail_held(app.producer._ensure_producer())
+            log.warning("revoke after the group lease lapsed: %d held batches dropped", failed)
+
+    async def on_partitions_revoked(revoked: set[Any]) -> None:
+        ours = {tp for tp in revoked if tp.topic in input_topics}
+        if ours:
+            metrics.REBALANCES.inc()
+            ownership.start_revoke(ours)
+            try:
+                await quiesce(ours)
+            except Exception as exc:  # the next owner repeats what was not committed
+                log.warning("revoke: flush or commit failed: %r", exc)
+            ownership.revoke(ours)
+            writers.discard()
+            progress.forget(ours)
+            for topic, fast in tables_by_input.items():
+                fast.forget({tp.partition for tp in ours if tp.topic == topic})
+        await original_revoked(revoked)
+
+    async def learn(tps: set[Any]) -> None:
+        delay = 0.2
+        while tps & ownership.owned:
+            try:
+                await progress.learn_starts(tps & ownership.owned)
+                return
+            except Exception as exc:
+                log.warning("assignment: reading committed offsets failed (%r), retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
+
+    learning: set[asyncio.Future] = set()
+
+    async def on_partitions_assigned(assigned: set[Any], generation_id: int = 0) -> None:
+        ours = {tp for tp in assigned if tp.topic in input_topics}
+        gone = ownership.owned - ours
+        if gone:  # taken away without a revoke callback: fence them all the same
+            ownership.revoke(gone)
+            writers.discard()
+            progress.forget(gone)
+        new = ours - ownership.owned
+        ownership.assign(new)
+        progress.assigning(new)
+        await original_assigned(assigned, generation_id)
+        if new:
+            learning.add(asyncio.ensure_future(learn(new)))
+            learning.difference_update({t for t in learning if t.done()})
+
+    app._on_partitions_revoked = on_partitions_revoked  # type: ignore[method-assign]
+    app._on_partitions_assigned = on_partitions_assigned  # type: ignore[method-assign]
+
+    # --- the normalize stage: its own consumer group and its own producer --------------
+    normalizer_producer: dict[str, AIOKafkaProducer] = {}
+
+    async def normalize_send(
+        topic: str, key: bytes, value: bytes, partition: int | None
     ) -> asyncio.Future:
-        """Append to Faust's own producer without waiting for the broker: Faust flushes
-        that producer before it commits the input offsets (at-least-once)."""
-        fut = await app.producer._ensure_producer().send(topic, value, key=key, partition=partition)
+        fut = await normalizer_producer["p"].send(topic, value, key=key, partition=partition)
         fut.add_done_callback(on_sent)
         return fut
 
@@ -335,86 +498,53 @@ def build(
         settings,
         f"{app_id}-normalize",
         raw_names,
-        send,
-        watermark,
+        normalize_send,
+        mark_interval=mark_interval or max(0.2, min(1.0, settings.delivery_unknown_after / 30)),
     )
 
     @app.task
     async def normalize_stage() -> None:
-        await normalizer.run()
+        # Its own producer: never held by the agents' lease (a normalize zombie's writes
+        # are duplicates and true markers, both harmless), never failed by a revoke.
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            max_batch_size=512 * 1024,
+            max_request_size=MAX_REQUEST_BYTES,
+            request_timeout_ms=1_200_000,
+        )
+        await producer.start()
+        normalizer_producer["p"] = producer
+        try:
+            await normalizer.run()
+        finally:
+            await producer.stop()
 
-    @app.agent(canonical, concurrency=1)
-    async def ordering_agent(stream: Any) -> None:
-        async for event in stream.events():
-            msg = event.message
-            events = orjson.loads(event.value)["events"]
-            watermark.processed(msg.tp, msg.offset, max(float(e["observed_at"]) for e in events))
-            batch = fast_ordering.begin(msg.partition)
-            items = order_record(batch, events, msg.offset)
-            await fast_ordering.write(msg.partition, batch)
-            counts: dict[str, int] = {}
-            for it in items:
-                counts[it["o"]] = counts.get(it["o"], 0) + 1
-            for outcome, n in counts.items():
-                metrics.OUTCOMES.labels(outcome).inc(n)
-            await send(
-                transitions_name, event.key or b"", orjson.dumps({"items": items}), msg.partition
-            )
+    @app.task
+    async def guard_producer() -> None:
+        patches.attach_lease(app.producer._ensure_producer(), lease)
 
-    @app.agent(transitions, concurrency=1)
-    async def emitter_agent(stream: Any) -> None:
-        async for event in stream.events():
-            msg = event.message
-            body = orjson.loads(event.value)
-            wall = time.time()
-            batch = fast_emitter.begin(msg.partition)
-            logic = Emitter(batch, policy, history=read_model is not None)
-            if "check" in body:
-                out = logic.on_check(float(body["check"]), msg.offset, wall)
-                if out.fired:
-                    metrics.DELIVERY_UNKNOWN.inc(out.fired)
-            else:
-                out = logic.on_transitions(body["items"], msg.offset, wall)
-            pending = deadlines.pending(batch)
-            await fast_emitter.write(msg.partition, batch)
-            if out.events:
-                records = [(key.encode(), orjson.dumps(ce)) for key, ce in out.events]
-                await writers.append(status_name, msg.partition, records, on_batch_sent)
-            if out.events:
-                counts: dict[str, int] = {}
-                for _, ce in out.events:
-                    counts[ce["data"]["status"]] = counts.get(ce["data"]["status"], 0) + 1
-                for status_word, n in counts.items():
-                    metrics.EMITTED.labels(status_word).inc(n)
-            if out.repeated:
-                metrics.REEMITTED.inc(out.repeated)
-            metrics.PENDING_DEADLINES.labels(str(msg.partition)).set(pending)
-            if read_model is not None and (out.docs or out.notes):
-                try:
-                    read_model_queue.put_nowait((list(out.docs.values()), out.notes))
-                except asyncio.QueueFull:
-                    metrics.READ_MODEL_DROPPED.inc()
+    @app.task
+    async def commit_progress() -> None:
+        await progress.run(COMMIT_INTERVAL)
 
-    upstream_topics = {settings.topic(CANONICAL), settings.topic(CONVERSATIONS)}
-    interval = check_interval or max(0.2, min(1.0, settings.delivery_unknown_after / 4))
-
-    @app.timer(interval=interval)
-    async def deadline_ticker() -> None:
-        if settings.delivery_unknown_after <= 0:
-            return
-        assigned = app.consumer.assignment()
-        upstream = [tp for tp in assigned if tp.topic in upstream_topics]
-        inputs = [
-            (tp, _end_offset(app, tp), app.consumer._committed_offset.get(tp)) for tp in upstream
-        ]
-        inputs += normalizer.inputs()
-        now = watermark.now(time.time(), inputs)
-        if now is None:
-            return
-        name = settings.topic(TRANSITIONS)
-        for tp in assigned:
-            if tp.topic == name:
-                await send(name, b"~check", orjson.dumps({"check": now}), tp.partition)
+    @app.timer(interval=10.0)
+    async def state_sizes() -> None:
+        for name, fast in (
+            ("ordering", fast_ordering),
+            ("emitter", fast_emitter),
+            ("conversations", fast_conversations),
+        ):
+            total = 0
+            for tp in ownership.owned:
+                if tables_by_input.get(tp.topic) is fast:
+                    try:
+                        db = fast.table.data._db_for_partition(tp.partition)
+                        total += int(db.property_int_value("rocksdb.estimate-num-keys") or 0)
+                    except Exception:  # a partition mid-revoke: next time
+                        continue
+            metrics.STATE_KEYS.labels(name).set(total)
 
     if read_model is not None:
 
@@ -436,4 +566,11 @@ def build(
     async def set_log_levels() -> None:
         quiet_logging(settings.log_level)
 
+    app.msgstatus = {  # type: ignore[attr-defined]  # for tests and tools
+        "progress": progress,
+        "ownership": ownership,
+        "lease": lease,
+        "writers": writers,
+        "normalizer": normalizer,
+    }
     return app

@@ -1,82 +1,67 @@
-"""Pending `sent` deadlines kept in the emitter's table, found without scanning.
+"""Time indexes kept in a table: pending `sent` deadlines and state expiry.
 
-Deadlines are grouped in one-second buckets. A bucket is a counter plus numbered slots
-(`~due:<b>:<i>` -> message key), and `~dueidx` lists the non-empty buckets in order, so
-a tick reads only the buckets that are due and the messages in them: its cost follows
-the number of due deadlines, not the number of messages in the table. Entries are never
-removed when a message moves on; the tick checks the message's state instead.
+An index entry is one key per message, `<prefix><bucket, zero-padded>:<message_key>`
+with an empty value, so that keys sort by time: filing or removing a message is O(1)
+(one put or one delete, the bucket is stored in the message's state), and finding what
+is due is one ordered range scan that stops at the first bucket not yet due: O(due),
+for any horizon. No record of the state grows with the horizon or the number of
+messages (the old design kept one JSON list of every bucket, rewritten per new bucket).
 """
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Iterator, MutableMapping
+from processors.stream.fasttable import Scannable
 
-import orjson
-
-BUCKET_SECONDS = 1.0
-INDEX_KEY = "~dueidx"
+DEADLINE = "~d:"  # delivery_unknown deadlines, one-second buckets
+EXPIRY = "~x:"  # state retention (retention.py), one-hour buckets
+MARKER_EXPIRY = "~y:"  # compact markers' own retention, one-day buckets
 PENDING_KEY = "~pending"
+WIDTH = 12  # digits: epoch seconds up to year 33658
+
+BUCKET_SECONDS = {DEADLINE: 1.0, EXPIRY: 3600.0, MARKER_EXPIRY: 86400.0}
 
 
-def bucket_of(deadline: float) -> int:
-    return int(deadline // BUCKET_SECONDS)
+def bucket_of(prefix: str, moment: float) -> int:
+    return int(moment // BUCKET_SECONDS[prefix])
 
 
-def _count_key(bucket: int) -> str:
-    return f"~duen:{bucket}"
+def index_key(prefix: str, bucket: int, message_key: str) -> str:
+    return f"{prefix}{bucket:0{WIDTH}d}:{message_key}"
 
 
-def _slot_key(bucket: int, slot: int) -> str:
-    return f"~due:{bucket}:{slot}"
+def file(table: Scannable, prefix: str, moment: float, message_key: str) -> int:
+    """File `message_key` at `moment`; returns the bucket (store it to remove it later)."""
+    bucket = bucket_of(prefix, moment)
+    table[index_key(prefix, bucket, message_key)] = b""
+    return bucket
 
 
-def _index(table: MutableMapping[str, bytes]) -> list[int]:
-    raw = table.get(INDEX_KEY)
-    return orjson.loads(raw) if raw else []
+def unfile(table: Scannable, prefix: str, bucket: int | None, message_key: str) -> None:
+    if bucket is not None:
+        table.pop(index_key(prefix, bucket, message_key), None)
 
 
-def add(table: MutableMapping[str, bytes], deadline: float, message_key: str) -> None:
-    bucket = bucket_of(deadline)
-    raw_count = table.get(_count_key(bucket))
-    count = int(raw_count) if raw_count else 0
-    table[_slot_key(bucket, count)] = message_key.encode()
-    table[_count_key(bucket)] = str(count + 1).encode()
-    if count == 0:
-        index = _index(table)
-        position = bisect.bisect_left(index, bucket)
-        if position == len(index) or index[position] != bucket:
-            index.insert(position, bucket)
-            table[INDEX_KEY] = orjson.dumps(index)
+def due(table: Scannable, prefix: str, now: float, limit: int) -> list[tuple[int, str]]:
+    """(bucket, message_key) of entries in buckets that ended at or before `now`, oldest
+    first, at most `limit`. Entries stay until the caller removes them."""
+    width = BUCKET_SECONDS[prefix]
+    last = int(now // width) - 1  # the newest bucket whose whole span is past
+    if last < 0:
+        return []
+    stop = f"{prefix}{last + 1:0{WIDTH}d}"
+    out = []
+    for key, _ in table.scan(prefix, stop, limit):
+        bucket, _, message_key = key[len(prefix) :].partition(":")
+        out.append((int(bucket), message_key))
+    return out
 
 
-def pop_due(table: MutableMapping[str, bytes], now: float) -> Iterator[str]:
-    """Yield the keys in every bucket that ended at or before `now`, then forget them."""
-    index = _index(table)
-    done = 0
-    for bucket in index:
-        if (bucket + 1) * BUCKET_SECONDS > now:
-            break
-        raw_count = table.get(_count_key(bucket))
-        for slot in range(int(raw_count) if raw_count else 0):
-            slot_key = _slot_key(bucket, slot)
-            raw = table.get(slot_key)
-            if raw is not None:
-                yield raw.decode()
-                del table[slot_key]
-        if raw_count is not None:
-            del table[_count_key(bucket)]
-        done += 1
-    if done:
-        table[INDEX_KEY] = orjson.dumps(index[done:])
-
-
-def pending(table: MutableMapping[str, bytes]) -> int:
+def pending(table: Scannable) -> int:
     raw = table.get(PENDING_KEY)
     return int(raw) if raw else 0
 
 
-def add_pending(table: MutableMapping[str, bytes], delta: int) -> int:
+def add_pending(table: Scannable, delta: int) -> int:
     value = max(0, pending(table) + delta)
     table[PENDING_KEY] = str(value).encode()
     return value

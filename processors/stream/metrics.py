@@ -3,11 +3,13 @@ never a message id."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 NORMALIZED = Counter("msgstatus_normalized_events_total", "Canonical events produced", ["provider"])
 DEADLETTERS = Counter(
-    "msgstatus_deadletters_total", "Raw records or items dead-lettered", ["provider"]
+    "msgstatus_deadletters_total",
+    "Raw records, items or stage records dead-lettered, by bounded reason category",
+    ["provider", "reason"],
 )
 OUTCOMES = Counter("msgstatus_ordering_outcomes_total", "Canonical events by outcome", ["outcome"])
 EMITTED = Counter("msgstatus_emitted_total", "message.status events published", ["status"])
@@ -28,4 +30,42 @@ RESTORED = Counter(
     "msgstatus_restored_changelog_records_total",
     "Changelog records copied into RocksDB by the bulk restore at start-up or rebalance",
     ["table"],
+)
+ASKED = Counter(
+    "msgstatus_delivery_unknown_asked_total",
+    "Due deadlines of pollable providers asked about once before delivery_unknown",
+)
+END_TO_END = Histogram(
+    "msgstatus_end_to_end_seconds",
+    "Gateway receive time to emission of the event on message.status",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
+SEND_SECONDS = Histogram(
+    "msgstatus_kafka_send_seconds",
+    "Hand-over to acknowledgement of the worker's batched Kafka writes",
+    ["kind"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
+STATE_KEYS = Gauge(
+    "msgstatus_state_keys", "Estimated keys in the worker's tables (owned partitions)", ["table"]
+)
+REBALANCES = Counter("msgstatus_rebalances_total", "Partitions taken from the worker's agents")
+FENCED_WRITES = Counter(
+    "msgstatus_fenced_writes_total",
+    "Writes dropped because their partition was revoked (or the group lease lapsed)",
+)
+INPUT_GAPS = Counter(
+    "msgstatus_input_gaps_total",
+    "Times an agent's committed offset was below its input's log start (records expired)",
+)
+INPUT_RESEEKS = Counter(
+    "msgstatus_input_reseeks_total", "Out-of-order fetches an agent skipped and sought back from"
+)
+WATERMARK_LAG = Gauge(
+    "msgstatus_watermark_lag_seconds",
+    "Wall clock minus the receive-time watermark the emitter last acted on",
+    ["partition"],
+)
+DEPENDENCY_UP = Gauge(
+    "msgstatus_dependency_up", "1 while a dependency answers, else 0", ["dependency"]
 )

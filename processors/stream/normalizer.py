@@ -9,12 +9,19 @@ and batch through the worker's producer. A batch's offsets are committed only af
 every record it wrote is acknowledged (at least once; every later stage is idempotent),
 but the stage does not wait for that: it goes on with the next batch while up to
 IN_FLIGHT earlier ones wait for their acknowledgements and commits, in order.
+
+After each batch, and every MARK_INTERVAL when idle, it writes watermark markers
+(markers.py) into every partition of `status.canonical` and `status.conversations`: for
+each raw partition it owns, the receive time up to which that partition is complete
+(caught up: the time of the fetch that showed its end; behind: the latest receive time
+processed). They go through the same producer as the data, so they follow it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,8 +31,9 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from processors.config import Settings
-from processors.stream import metrics
+from processors.stream import faults, markers, metrics
 from processors.stream.normalize import normalize
+from processors.topics import CANONICAL, CONVERSATIONS, DEADLETTER
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +44,7 @@ LINGER = 0.05  # seconds a small fetch waits to grow: bounds the latency it adds
 # Batches whose writes and commit may be pending while the next one is processed: waiting
 # for them idled the stage ~1/3 of its time (an acks=all round trip, then a commit).
 IN_FLIGHT = 2
+MARK_INTERVAL = 1.0  # seconds between watermark markers (more often when configured)
 
 # (topic, key, value, partition) -> the write's future (resolved when acknowledged)
 Send = Callable[[str, bytes, bytes, int | None], Awaitable[asyncio.Future]]
@@ -48,33 +57,59 @@ class Normalizer:
         group_id: str,
         topics: list[str],
         send: Send,
-        watermark: Any,
         batch: int = 5000,
+        mark_interval: float = MARK_INTERVAL,
+        client_options: dict[str, Any] | None = None,
     ) -> None:
         self.settings = settings
         self.group_id = group_id
         self.topics = topics
         self.send = send
-        self.watermark = watermark
         self.batch = batch
+        self.mark_interval = mark_interval
+        self.client_options = client_options or {}
         self.consumer: AIOKafkaConsumer | None = None
-        self._committed: dict[Any, int] = {}  # per assigned partition, for the watermark
+        self._seen: dict[Any, float] = {}  # latest receive time processed, per partition
+        self._last_mark = 0.0
+        self.markers_sent = 0
 
-    def inputs(self) -> list[tuple[Any, int | None, int | None]]:
-        """(partition, end offset, committed) of every raw partition this worker reads."""
-        consumer = self.consumer
-        if consumer is None:
-            return [("raw:not-started", None, None)]
-        out: list[tuple[Any, int | None, int | None]] = []
+    async def _marks(self, consumer: AIOKafkaConsumer) -> dict[str, float]:
+        """Raw partition -> receive time up to which it is complete, for those we own."""
+        marks: dict[str, float] = {}
         for tp in consumer.assignment():
+            name = f"{tp.topic}:{tp.partition}"
             try:
                 end = consumer.highwater(tp)
+                polled = consumer.last_poll_timestamp(tp)
+                position = await consumer.position(tp)
             except (AssertionError, KafkaError):
-                end = None
-            if tp not in self._committed:
-                end = None  # its starting point is not known yet: hold the checks
-            out.append((tp, end, self._committed.get(tp)))
-        return out
+                continue
+            if end is not None and polled and position >= end:
+                marks[name] = max(polled / 1000.0, self._seen.get(tp, 0.0))
+            elif tp in self._seen:
+                marks[name] = self._seen[tp]
+        return marks
+
+    async def send_markers(self, consumer: AIOKafkaConsumer) -> None:
+        """Tell every canonical and conversations partition how far our raw partitions are
+        complete; written after the data handed over before it."""
+        topics: dict[str, int] = {}
+        for topic in self.topics:
+            parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                return  # metadata not there yet: no claim rather than a wrong one
+            topics[topic] = len(parts)
+        marks = await self._marks(consumer)
+        if not marks:
+            return
+        partitions = self.settings.partitions
+        value = orjson.dumps(markers.raw_marker(marks, topics, partitions))
+        for name in (CANONICAL, CONVERSATIONS):
+            topic = self.settings.topic(name)
+            for partition in range(partitions):
+                fut = await self.send(topic, markers.KEY, value, partition)
+                del fut  # failures stop the worker (on_sent); markers need no commit
+        self.markers_sent += 1
 
     async def _linger(
         self, consumer: AIOKafkaConsumer, records: dict[Any, list[Any]]
@@ -92,15 +127,10 @@ class Normalizer:
             records.setdefault(tp, []).extend(recs)
         return records
 
-    async def _learn_assignment(self, consumer: AIOKafkaConsumer) -> None:
-        """Where each newly assigned partition starts, so one that has nothing new
-        (processed by a previous owner) does not hold the watermark back forever."""
+    def _forget_unassigned(self, consumer: AIOKafkaConsumer) -> None:
         assigned = consumer.assignment()
-        for tp in [tp for tp in self._committed if tp not in assigned]:
-            del self._committed[tp]
-        for tp in assigned:
-            if tp not in self._committed:
-                self._committed[tp] = await consumer.committed(tp) or 0
+        for tp in [tp for tp in self._seen if tp not in assigned]:
+            del self._seen[tp]
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -112,6 +142,7 @@ class Normalizer:
             max_partition_fetch_bytes=4 << 20,
             session_timeout_ms=int(self.settings.session_timeout * 1000),
             heartbeat_interval_ms=int(max(0.5, self.settings.session_timeout / 10) * 1000),
+            **self.client_options,
         )
         await consumer.start()
         self.consumer = consumer
@@ -120,16 +151,21 @@ class Normalizer:
             while True:
                 records = await consumer.getmany(timeout_ms=200, max_records=self.batch)
                 records = await self._linger(consumer, records)
-                await self._learn_assignment(consumer)
+                self._forget_unassigned(consumer)
                 while commits and commits[0].done():
                     await commits.popleft()  # surfaces a failed commit
                 if not records:
+                    await self._maybe_mark(consumer)
                     continue
                 written, seen = await self._process(records)
+                for tp, moment in seen.items():
+                    if moment is not None and moment > self._seen.get(tp, 0.0):
+                        self._seen[tp] = moment
+                await self._maybe_mark(consumer)
                 offsets = {tp: recs[-1].offset + 1 for tp, recs in records.items()}
                 previous = commits[-1] if commits else None
                 commits.append(
-                    asyncio.ensure_future(self._commit(consumer, written, seen, offsets, previous))
+                    asyncio.ensure_future(self._commit(consumer, written, offsets, previous))
                 )
                 while len(commits) > IN_FLIGHT:
                     await commits.popleft()
@@ -143,21 +179,16 @@ class Normalizer:
         self,
         consumer: AIOKafkaConsumer,
         written: list[asyncio.Future],
-        seen: dict[Any, tuple[int, float | None]],
         offsets: dict[Any, int],
         previous: asyncio.Task[None] | None,
     ) -> None:
         """Commit a batch once what it wrote is acknowledged and the batch before it is
-        committed. A write that failed stops the worker (`on_sent`) before this runs.
-
-        Only then does the deadline watermark learn the batch's receive times: a
-        `delivered` still on its way to `status.canonical` must hold the checks back."""
+        committed. A write that failed stops the worker (`on_sent`) before this runs."""
         if previous is not None:
             await asyncio.wait([previous])
         if written:
             await asyncio.wait(written)
-        for tp, (offset, observed_at) in seen.items():
-            self.watermark.processed(tp, offset, observed_at)
+        faults.point("normalize-before-commit")
         try:
             await consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
@@ -165,16 +196,21 @@ class Normalizer:
             # commit and repeats this batch, which every later stage absorbs.
             log.warning("normalize: offsets not committed after a rebalance: %s", exc)
             return
-        self._committed.update(offsets)
+
+    async def _maybe_mark(self, consumer: AIOKafkaConsumer) -> None:
+        now = time.monotonic()
+        if now - self._last_mark >= self.mark_interval:
+            self._last_mark = now
+            await self.send_markers(consumer)
 
     async def _process(
         self, records: dict[Any, list[Any]]
-    ) -> tuple[list[asyncio.Future], dict[Any, tuple[int, float | None]]]:
-        """Write the batch's outputs; return their futures and, per partition, the last
-        offset with the latest receive time seen (for the watermark)."""
+    ) -> tuple[list[asyncio.Future], dict[Any, float | None]]:
+        """Write the batch's outputs; return their futures and, per partition, the latest
+        receive time seen (for the watermark markers)."""
         settings = self.settings
         written: list[asyncio.Future] = []
-        seen: dict[Any, tuple[int, float | None]] = {}
+        seen: dict[Any, float | None] = {}
         raw_prefix = len(settings.topic("raw."))
         grouped: dict[int, list[dict[str, Any]]] = {}
         for tp, recs in records.items():
@@ -187,17 +223,15 @@ class Normalizer:
                     settings.partitions,
                     f"{tp.topic}:{tp.partition}:{record.offset}",
                 )
-                if result.observed_at is not None or tp not in seen:
-                    seen[tp] = (record.offset, result.observed_at)
-                else:
-                    seen[tp] = (record.offset, seen[tp][1])
+                if result.observed_at is not None:
+                    seen[tp] = max(result.observed_at, seen.get(tp) or 0.0)
                 for partition, evs in result.by_partition.items():
                     grouped.setdefault(partition, []).extend(evs)
                 for partition, facts in result.conversations.items():  # Messenger watermarks
                     first = (facts["registrations"] or facts["watermarks"])[0]["conversation"]
                     written.append(
                         await self.send(
-                            settings.topic("status.conversations"),
+                            settings.topic(CONVERSATIONS),
                             first.encode(),
                             orjson.dumps(facts),
                             partition,
@@ -205,10 +239,12 @@ class Normalizer:
                     )
                 events += result.events
                 for dead in result.dead:
-                    metrics.DEADLETTERS.labels(provider).inc()
+                    metrics.DEADLETTERS.labels(
+                        provider, dead.get("category") or "unparseable"
+                    ).inc()
                     written.append(
                         await self.send(
-                            settings.topic("status.deadletter"),
+                            settings.topic(DEADLETTER),
                             dead["id"].encode(),
                             orjson.dumps(dead),
                             None,
@@ -216,7 +252,7 @@ class Normalizer:
                     )
             if events:
                 metrics.NORMALIZED.labels(provider).inc(events)
-        canonical = settings.topic("status.canonical")
+        canonical = settings.topic(CANONICAL)
         for partition, evs in grouped.items():
             for start in range(0, len(evs), MAX_EVENTS_PER_RECORD):
                 chunk = evs[start : start + MAX_EVENTS_PER_RECORD]

@@ -23,6 +23,8 @@ from typing import Any
 import orjson
 
 from processors.model import CanonicalEvent
+from processors.stream import markers, retention
+from processors.stream.fasttable import Scannable
 
 MAX_MESSAGES = 500  # newest registered messages kept per conversation
 MAX_WITHDRAWN = 100  # mids withdrawn (send-time failures) remembered per conversation
@@ -147,6 +149,7 @@ def expand_record(
     registrations: Iterable[dict[str, Any]],
     watermarks: Iterable[dict[str, Any]],
     src: int,
+    keep: float = 30 * 86400.0,
 ) -> list[dict[str, Any]]:
     """Apply one `status.conversations` record; return the canonical events it implies.
 
@@ -169,8 +172,25 @@ def expand_record(
             produced += _register(state, reg, src)
         for mark in marks:
             produced += _watermark(state, mark, src)
+        seen = [r["sent_at_ms"] / 1000.0 for r in regs] + [float(m["observed_at"]) for m in marks]
+        if seen:
+            retention.touch(table, state, conversation, max(seen), keep)
         new = dump(state)
         if new != raw:
             table[conversation] = new
         out += produced
     return out
+
+
+def on_marker(table: Scannable, mark: dict[str, Any], keep: float = 30 * 86400.0) -> float | None:
+    """Fold a normalize marker in; the bound to forward to every canonical partition (all
+    raw partitions complete up to it, and every event this partition expanded from them
+    already written), if it advanced. Conversations idle for `keep` are removed."""
+    raw = table.get(markers.STATE_KEY)
+    state = markers.merge(orjson.loads(raw) if raw else None, mark)
+    bound = markers.raw_bound(state)
+    send = markers.advance(state, bound)
+    table[markers.STATE_KEY] = orjson.dumps(state)
+    if state.get("fwd") is not None and keep > 0:
+        retention.expire(table, state["fwd"], 0.0, lambda _: None)
+    return bound if send else None

@@ -25,22 +25,17 @@ async def test_the_fetch_wait_is_configurable(tmp_path):
             Settings.from_env({"MSGSTATUS_FETCH_MAX_WAIT_MS": bad})
 
 
-async def test_faust_producer_flush_first_hands_over_queued_partition_writes(tmp_path):
-    """Faust's commit awaits its producer's flush: records still in a partition writer
-    must reach the producer before it."""
+async def test_faust_neither_tracks_nor_commits_the_agents_inputs(tmp_path):
+    """Progress commits them, after their outputs are acknowledged (progress.py)."""
     app = worker_app.build(Settings(data_dir=str(tmp_path), topic_prefix="tunit."))
-    order: list[str] = []
+    for name in ("status.canonical", "status.transitions", "status.conversations"):
+        assert not app.topics.acks_enabled_for(f"tunit.{name}")
 
-    class Writers:
-        async def drain(self) -> None:
-            order.append("writers")
 
-    producer = app.producer
-
-    async def flush() -> None:
-        order.append("producer")
-
-    producer.flush = flush
-    worker_app.flush_writers_first(app, Writers())  # type: ignore[arg-type]
-    await app.producer.flush()
-    assert order == ["writers", "producer"]
+async def test_rebalance_callbacks_are_the_workers_own(tmp_path):
+    """Faust captures the callbacks when it builds its consumer: ours must be in place."""
+    app = worker_app.build(Settings(data_dir=str(tmp_path), topic_prefix="tunit."))
+    consumer = app.consumer
+    assert consumer._on_partitions_revoked.__name__ == "on_partitions_revoked"
+    assert consumer._on_partitions_revoked is app._on_partitions_revoked
+    assert consumer._on_partitions_assigned is app._on_partitions_assigned

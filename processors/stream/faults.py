@@ -1,0 +1,71 @@
+"""Deterministic fault injection: make the worker die at a named point.
+
+Crash consistency is only believable if a test can stop the process exactly between
+two writes that must never be seen half-done. `MSGSTATUS_CRASH_AT=<point>[:<n>]` makes
+the worker exit (code 99, no clean-up, like SIGKILL) the n-th time (default 1st) it
+reaches `<point>`; several points may be given, comma-separated. Unset, a point costs
+one dictionary lookup.
+
+Points (docs/architecture.md, "Crash consistency"):
+- `changelog-handed`: a table unit was handed to Kafka, its acknowledgement not seen yet
+  (nothing of it is in the local RocksDB: write-behind).
+- `changelog-acked`: the changelog acknowledged a batch, the local RocksDB not written yet.
+- `output-handed`: a `message.status` batch was handed to Kafka, not acknowledged yet.
+- `revoke-waiting`: a rebalance took partitions away while a record was still in hand.
+- `before-commit`: every output of the processed records is acknowledged, their input
+  offsets are not committed yet.
+- `normalize-before-commit`: the same for the normalize stage's raw offsets.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+ENV = "MSGSTATUS_CRASH_AT"
+EXIT_CODE = 99
+
+POINTS = frozenset(
+    {
+        "changelog-handed",
+        "changelog-acked",
+        "output-handed",
+        "revoke-waiting",
+        "before-commit",
+        "normalize-before-commit",
+    }
+)
+
+
+def _parse(raw: str) -> dict[str, int]:
+    armed: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        name, _, count = part.partition(":")
+        if name not in POINTS:
+            raise ValueError(f"{ENV}: unknown point {name!r} (known: {', '.join(sorted(POINTS))})")
+        armed[name] = int(count) if count else 1
+    return armed
+
+
+_armed: dict[str, int] = _parse(os.environ.get(ENV, ""))
+
+
+def arm(spec: str) -> None:
+    """Re-read the points (tests in one process)."""
+    global _armed
+    _armed = _parse(spec)
+
+
+def point(name: str) -> None:
+    """Die here if `name` is armed and this is its n-th visit."""
+    left = _armed.get(name)
+    if left is None:
+        return
+    left -= 1
+    _armed[name] = left
+    if left <= 0:
+        log.critical("fault injection: exiting at %s", name)
+        logging.shutdown()
+        os._exit(EXIT_CODE)
