@@ -79,8 +79,14 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     from processors.store.readmodel import ReadModel
+    from processors.stream import patches
     from processors.stream.app import build, quiet_logging
 
+    try:
+        patches.check()
+    except RuntimeError as exc:
+        print(f"msgstatus worker: {exc}", file=sys.stderr)
+        return 2
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     loop.run_until_complete(ensure_topics(settings, all_topics(settings, providers.REGISTRY)))

@@ -8,6 +8,7 @@ docs/configuration.md describes its format.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tomllib
@@ -192,6 +193,9 @@ class Settings:
     # slack on top of the receive-time watermark before a deadline fires: covers gateway
     # clock skew and records still in flight from a gateway when the watermark moved
     delivery_unknown_grace: float = 30.0
+    # how often each normalize consumer writes watermark markers (processors/stream/
+    # markers.py): the resolution of delivery_unknown; 0 means min(1 s, AFTER / 30)
+    watermark_interval: float = 0.0
     # providers whose due messages are polled once before delivery_unknown (default: those
     # whose poller is configured in this environment, MSGSTATUS_<P>_API_URL)
     delivery_unknown_ask: frozenset[str] = frozenset()
@@ -203,6 +207,9 @@ class Settings:
     # new (Faust's own value is 1500): shorter hops between the worker's stages under
     # load, a few % of a core more per idle worker (docs/benchmarks-notes.md).
     fetch_max_wait_ms: int = 20
+    # aiokafka batch size of the worker's producers: records of one partition sent together.
+    # A table unit larger than this still travels as one batch of its own (writers.py).
+    producer_batch_bytes: int = 512 * 1024
     api_token: str | None = None
     metrics_port: int = 6066
     app_id: str = "msgstatus"
@@ -283,6 +290,7 @@ class Settings:
                 env, "MSGSTATUS_DELIVERY_UNKNOWN_GRACE", d.delivery_unknown_grace
             ),
             delivery_unknown_ask=_ask_providers(env),
+            watermark_interval=_float(env, "MSGSTATUS_WATERMARK_INTERVAL", d.watermark_interval),
             delivery_unknown_ask_timeout=_float(
                 env, "MSGSTATUS_DELIVERY_UNKNOWN_ASK_TIMEOUT", d.delivery_unknown_ask_timeout
             ),
@@ -292,6 +300,9 @@ class Settings:
             ),
             session_timeout=_float(env, "MSGSTATUS_SESSION_TIMEOUT", d.session_timeout),
             fetch_max_wait_ms=_int(env, "MSGSTATUS_FETCH_MAX_WAIT_MS", d.fetch_max_wait_ms),
+            producer_batch_bytes=_int(
+                env, "MSGSTATUS_PRODUCER_BATCH_BYTES", d.producer_batch_bytes
+            ),
             api_token=env.get("MSGSTATUS_API_TOKEN") or None,
             metrics_port=_int(env, "MSGSTATUS_METRICS_PORT", d.metrics_port),
             app_id=env.get("MSGSTATUS_APP_ID", d.app_id),
@@ -310,5 +321,12 @@ class Settings:
             raise ConfigError("MSGSTATUS_MAX_BODY_BYTES must be positive")
         if not 0 <= settings.fetch_max_wait_ms <= 10_000:
             raise ConfigError("MSGSTATUS_FETCH_MAX_WAIT_MS must be between 0 and 10000")
+        if not 1024 <= settings.producer_batch_bytes <= 8 * 1024 * 1024:
+            raise ConfigError("MSGSTATUS_PRODUCER_BATCH_BYTES must be between 1024 and 8388608")
         _check_deadlines(settings)
+        if settings.watermark_interval < 0:
+            raise ConfigError("MSGSTATUS_WATERMARK_INTERVAL must not be negative")
+        if settings.watermark_interval == 0:
+            interval = max(0.2, min(1.0, settings.delivery_unknown_after / 30))
+            settings = dataclasses.replace(settings, watermark_interval=interval)
         return settings

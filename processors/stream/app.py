@@ -176,7 +176,7 @@ def build(
         # Canonical and transitions records carry up to 500 events (~100 KB): with
         # aiokafka's 16 KB default each is a batch of its own, and the next send to that
         # partition waits for the broker's answer to the previous one.
-        producer_max_batch_size=512 * 1024,
+        producer_max_batch_size=settings.producer_batch_bytes,
         producer_max_request_size=MAX_REQUEST_BYTES,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=COMMIT_INTERVAL,
@@ -229,9 +229,9 @@ def build(
         await app.producer.flush()
 
     progress = Progress(app, ownership, lease, flush)
-    fast_ordering = FastTable(ordering_table.table, writers, ownership)
-    fast_emitter = FastTable(emitter_table.table, writers, ownership)
-    fast_conversations = FastTable(conversation_table.table, writers, ownership)
+    fast_ordering = FastTable(ordering_table.table, writers, ownership, "ordering")
+    fast_emitter = FastTable(emitter_table.table, writers, ownership, "emitter")
+    fast_conversations = FastTable(conversation_table.table, writers, ownership, "conversations")
     tables_by_input = {
         settings.topic(CANONICAL): fast_ordering,
         settings.topic(TRANSITIONS): fast_emitter,
@@ -313,7 +313,9 @@ def build(
                 await dead_letter("conversations", msg, event.value, exc, token)
                 progress.done("conversations", token, msg.offset)
                 continue
-            await fast_conversations.write(token, msg.partition, batch)
+            await fast_conversations.write(
+                token, msg.partition, batch, markers.is_marker(event.key)
+            )
             for key, value, partition in outputs:
                 await send(names["canonical"], key, value, partition, token)
             progress.done("conversations", token, msg.offset)
@@ -344,7 +346,7 @@ def build(
                 await dead_letter("ordering", msg, event.value, exc, token)
                 progress.done("ordering", token, msg.offset)
                 continue
-            await fast_ordering.write(token, msg.partition, batch)
+            await fast_ordering.write(token, msg.partition, batch, items is None)
             if value is not None:
                 await send(names["transitions"], key, value, msg.partition, token)
             if items:
@@ -371,7 +373,7 @@ def build(
                 progress.done("emitter", token, msg.offset)
                 continue
             pending = deadlines.pending(batch)
-            await fast_emitter.write(token, msg.partition, batch)
+            await fast_emitter.write(token, msg.partition, batch, markers.is_marker(event.key))
             await publish(out, msg, token, pending)
             progress.done("emitter", token, msg.offset)
 
@@ -499,7 +501,9 @@ def build(
         f"{app_id}-normalize",
         raw_names,
         normalize_send,
-        mark_interval=mark_interval or max(0.2, min(1.0, settings.delivery_unknown_after / 30)),
+        mark_interval=mark_interval
+        or settings.watermark_interval
+        or max(0.2, min(1.0, settings.delivery_unknown_after / 30)),
     )
 
     @app.task
@@ -510,7 +514,7 @@ def build(
             bootstrap_servers=settings.kafka_bootstrap,
             acks="all",
             enable_idempotence=True,
-            max_batch_size=512 * 1024,
+            max_batch_size=settings.producer_batch_bytes,
             max_request_size=MAX_REQUEST_BYTES,
             request_timeout_ms=1_200_000,
         )

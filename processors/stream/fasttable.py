@@ -125,8 +125,11 @@ class PartitionBatch(Scannable):
 
 
 class FastTable:
-    def __init__(self, table: Any, writers: PartitionWriters, ownership: Ownership) -> None:
+    def __init__(
+        self, table: Any, writers: PartitionWriters, ownership: Ownership, name: str = ""
+    ) -> None:
         self.table = table  # the Faust Table (store, changelog topic, recovery)
+        self.name = name
         self.writers = writers
         self.ownership = ownership
         # partition -> key -> (value or _DELETED, seq of the unit that wrote it)
@@ -149,7 +152,9 @@ class FastTable:
         if size > MAX_UNIT_BYTES:
             raise UnitTooLarge(f"{len(batch.pending)} table writes of {size} bytes in one record")
 
-    async def write(self, token: Token | None, partition: int, batch: PartitionBatch) -> None:
+    async def write(
+        self, token: Token | None, partition: int, batch: PartitionBatch, marker: bool = False
+    ) -> None:
         """Make the record's writes one unit: visible to later reads now, in the changelog
         as one batch, in RocksDB once the changelog has them."""
         if not batch.pending or not self.ownership.live(token):
@@ -163,7 +168,10 @@ class FastTable:
             records.append((key.encode(), None if value is _DELETED else value))
         batch.pending = {}
         topic = self.table.changelog_topic.get_topic_name()
-        unit = Unit(records, token, self._on_acked(partition, token, seq, records))
+        label = f"{self.name}-marker" if marker else self.name
+        unit = Unit(
+            records, token, self._on_acked(partition, token, seq, records, label), label=label
+        )
         await self.writers.append(topic, partition, unit)
 
     def _on_acked(
@@ -172,9 +180,10 @@ class FastTable:
         token: Token | None,
         seq: int,
         records: list[tuple[bytes, bytes | None]],
+        label: str,
     ) -> Callable[[int], None]:
         def apply(offset: int) -> None:
-            faults.point("changelog-acked")
+            faults.point("changelog-acked", label)
             if not self.ownership.live(token):
                 return  # revoked meanwhile: its next owner restores it from the changelog
             store = self.table.data

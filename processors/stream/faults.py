@@ -1,10 +1,10 @@
 """Deterministic fault injection: make the worker die at a named point.
 
 Crash consistency is only believable if a test can stop the process exactly between
-two writes that must never be seen half-done. `MSGSTATUS_CRASH_AT=<point>[:<n>]` makes
-the worker exit (code 99, no clean-up, like SIGKILL) the n-th time (default 1st) it
-reaches `<point>`; several points may be given, comma-separated. Unset, a point costs
-one dictionary lookup.
+two writes that must never be seen half-done. `MSGSTATUS_CRASH_AT=<point>[/<table>][:<n>]`
+makes the worker exit (code 99, no clean-up, like SIGKILL) the n-th time (default 1st)
+it reaches `<point>` (for the changelog points: with a unit of `<table>`, when given);
+several points may be given, comma-separated. Unset, a point costs one dictionary lookup.
 
 Points (docs/architecture.md, "Crash consistency"):
 - `changelog-handed`: a table unit was handed to Kafka, its acknowledgement not seen yet
@@ -43,7 +43,7 @@ def _parse(raw: str) -> dict[str, int]:
     armed: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in raw.split(","))):
         name, _, count = part.partition(":")
-        if name not in POINTS:
+        if name.partition("/")[0] not in POINTS:
             raise ValueError(f"{ENV}: unknown point {name!r} (known: {', '.join(sorted(POINTS))})")
         armed[name] = int(count) if count else 1
     return armed
@@ -58,8 +58,12 @@ def arm(spec: str) -> None:
     _armed = _parse(spec)
 
 
-def point(name: str) -> None:
-    """Die here if `name` is armed and this is its n-th visit."""
+def point(name: str, qualifier: str | None = None) -> None:
+    """Die here if `name` (or `name/qualifier`) is armed and this is its n-th visit."""
+    if not _armed:
+        return
+    if qualifier is not None and f"{name}/{qualifier}" in _armed:
+        name = f"{name}/{qualifier}"
     left = _armed.get(name)
     if left is None:
         return

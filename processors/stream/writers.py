@@ -54,6 +54,7 @@ class Unit:
     on_acked: Callable[[int], None] | None = None
     atomic: bool = True
     kind: str = "changelog"  # metrics label: changelog | output
+    label: str | None = None  # the table (fault injection qualifier)
 
     @property
     def size(self) -> int:
@@ -65,6 +66,7 @@ class _Batch:
     builder: Any
     units: list[tuple[Unit, int]]  # (unit, index of its last record in the batch)
     kind: str = "changelog"
+    label: str | None = None
     count: int = 0
 
 
@@ -177,7 +179,7 @@ class PartitionWriters:
                 current = None
             if current is None:
                 need = unit.size if unit.atomic else 0
-                current = _Batch(self._builder(producer, need), [], unit.kind)
+                current = _Batch(self._builder(producer, need), [], unit.kind, unit.label)
             for key, value in unit.records:
                 if current.builder.append(key=key, value=value, timestamp=None) is None:
                     if unit.atomic:  # sized for it above: cannot happen unless over the limit
@@ -186,7 +188,7 @@ class PartitionWriters:
                             "byte limit of one record batch"
                         )
                     batches.append(current)
-                    current = _Batch(self._builder(producer, 0), [], unit.kind)
+                    current = _Batch(self._builder(producer, 0), [], unit.kind, unit.label)
                     if current.builder.append(key=key, value=value, timestamp=None) is None:
                         raise ValueError("a record larger than the producer's batch size")
                 current.count += 1
@@ -229,7 +231,7 @@ class PartitionWriters:
                         lambda f, b=batch, t=handed_at: _settle(f, b, t, self._on_error)
                     )
                     point = "changelog-handed" if batch.kind == "changelog" else "output-handed"
-                    faults.point(point)
+                    faults.point(point, batch.label)
                 self._handed[tp] = self._handed.get(tp, 0) + len(units)
                 self._count -= sum(len(u.records) for u in units)
                 if self._count < self._limit:

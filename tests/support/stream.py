@@ -87,6 +87,8 @@ def check_message(key: str, events: list[dict[str, Any]], allow_repeats: bool = 
                 problems.append(f"{key}: sequence {seq} emitted twice")
             elif by_seq[seq]["id"] != event["id"]:
                 problems.append(f"{key}: sequence {seq} re-emitted with a different id")
+            elif by_seq[seq] != event:
+                problems.append(f"{key}: sequence {seq} re-emitted with different bytes")
             continue
         by_seq[seq] = event
     ordered = [by_seq[s] for s in sorted(by_seq)]
