@@ -145,6 +145,8 @@ class Settings:
     public_url: str | None = None
     max_body_bytes: int = 1_048_576
     delivery_unknown_after: float = 3600.0
+    # Seconds a signed timestamp may be away from our clock (providers/freshness.py).
+    replay_window: float = 300.0
     delivery_unknown_disabled: frozenset[str] = frozenset()
     session_timeout: float = 10.0
     # How long the worker's Faust consumer lets the broker hold a fetch that finds nothing
@@ -228,6 +230,7 @@ class Settings:
                 if part.strip()
             ),
             session_timeout=_float(env, "MSGSTATUS_SESSION_TIMEOUT", d.session_timeout),
+            replay_window=_float(env, "MSGSTATUS_REPLAY_WINDOW", d.replay_window),
             fetch_max_wait_ms=_int(env, "MSGSTATUS_FETCH_MAX_WAIT_MS", d.fetch_max_wait_ms),
             api_token=env.get("MSGSTATUS_API_TOKEN") or None,
             metrics_port=_int(env, "MSGSTATUS_METRICS_PORT", d.metrics_port),
@@ -245,6 +248,8 @@ class Settings:
             raise ConfigError("MSGSTATUS_PARTITIONS must be at least 1")
         if settings.max_body_bytes < 1:
             raise ConfigError("MSGSTATUS_MAX_BODY_BYTES must be positive")
+        if settings.replay_window < 0:
+            raise ConfigError("MSGSTATUS_REPLAY_WINDOW must not be negative")
         if not 0 <= settings.fetch_max_wait_ms <= 10_000:
             raise ConfigError("MSGSTATUS_FETCH_MAX_WAIT_MS must be between 0 and 10000")
         return settings
