@@ -46,8 +46,15 @@ def fixture(provider: str, name: str) -> bytes:
     return (FIXTURES / provider / name).read_bytes()
 
 
-def content_type_for(name: str) -> str:
+def content_type_for(name: str) -> str | None:
+    """`.form` bodies are forms, `.query` files are GET query strings (no content type)."""
+    if name.endswith(".query"):
+        return None
     return "application/x-www-form-urlencoded" if name.endswith(".form") else "application/json"
+
+
+def method_for(name: str) -> str:
+    return "GET" if name.endswith(".query") else "POST"
 
 
 def request(
@@ -59,15 +66,17 @@ def request(
     content_type: str | None = "application/json",
     received_at: float = RECEIVED_AT,
     polled: bool = False,
+    method: str = "POST",
 ) -> WebhookRequest:
-    """A WebhookRequest as the gateway builds it: lower-case header names, exact bytes."""
+    """A WebhookRequest as the gateway builds it: lower-case header names, exact bytes
+    (for a GET receipt the body is the raw query string, as the gateway stores it)."""
     merged: dict[str, str] = {}
     if content_type is not None:
         merged["content-type"] = content_type
     merged.update({k.lower(): v for k, v in (headers or {}).items()})
     return WebhookRequest(
         provider=provider,
-        method="POST",
+        method=method,
         url=url or URL.format(provider=provider),
         headers=merged,
         body=body,
@@ -145,7 +154,10 @@ def check_result(module: ModuleType, result: ParseResult, req: WebhookRequest) -
 def parse_case(module: ModuleType, case: Case) -> tuple[ParseResult, WebhookRequest]:
     body = fixture(module.NAME, case.fixture)
     ctype = case.content_type or content_type_for(case.fixture)
-    req = request(module.NAME, body, url=case.url, content_type=ctype, polled=case.polled)
+    method = method_for(case.fixture)
+    req = request(
+        module.NAME, body, url=case.url, content_type=ctype, polled=case.polled, method=method
+    )
     result = module.parse(req)
     check_result(module, result, req)
     return result, req
