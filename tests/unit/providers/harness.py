@@ -194,6 +194,13 @@ class SignatureContract:
     auth_headers: tuple[str, ...]
     body_bound: bool = True  # does the credential cover the body?
     extra_settings: Mapping[str, str] = field(default_factory=dict)
+    # A request genuinely signed, but for another account than the configured one (another
+    # api_key, key pair, subscription URL, Basic user, provider's token): must be refused.
+    wrong_account: Callable[[bytes], WebhookRequest] | None = None
+    # (body, secret, signed_at) -> request signed at that time, for schemes that sign a
+    # time; None when the scheme signs none (then "replayed" does not apply).
+    sign_at: Callable[[bytes, str, float], WebhookRequest] | None = None
+    window: float = 300.0  # the replay window those settings give
 
     def settings(self, **overrides: str) -> Settings:
         values = {self.secret_name: self.secret, **self.extra_settings, **overrides}
@@ -201,6 +208,9 @@ class SignatureContract:
 
 
 SIGNATURE_CHECKS = ("valid", "wrong_secret", "missing_header", "tampered_body", "disabled")
+# What issue 16 asks of every new provider: the above, plus a wrong account and a replay
+# outside the window (where the scheme signs a time).
+FULL_SIGNATURE_CHECKS = (*SIGNATURE_CHECKS, "wrong_account", "replayed")
 
 
 def check_signature(contract: SignatureContract, check: str) -> None:
@@ -232,6 +242,20 @@ def check_signature(contract: SignatureContract, check: str) -> None:
         assert not module.enabled(Settings())
         with pytest.raises(SignatureError):
             module.verify(contract.sign(contract.body, contract.secret), off)
+    elif check == "wrong_account":
+        assert contract.wrong_account is not None, "the contract must say what another account is"
+        with pytest.raises(SignatureError):
+            module.verify(contract.wrong_account(contract.body), good)
+    elif check == "replayed":
+        if contract.sign_at is None:
+            pytest.skip(f"{module.NAME}'s scheme signs no time: nothing can be replayed late")
+        now = RECEIVED_AT
+        edge = contract.window - 5
+        for signed_at in (now - edge, now + edge):  # inside the window: accepted
+            module.verify(contract.sign_at(contract.body, contract.secret, signed_at), good)
+        for signed_at in (now - contract.window - 5, now - 86_400 * 30, now + contract.window + 5):
+            with pytest.raises(SignatureError, match=r"window|future|expired"):
+                module.verify(contract.sign_at(contract.body, contract.secret, signed_at), good)
     else:  # pragma: no cover
         raise AssertionError(check)
 
