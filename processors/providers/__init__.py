@@ -20,6 +20,7 @@ from processors.providers import plivo, sinch, smpp, tiktok, tracksend, vonage  
 # issue 16 providers (a line each: parallel edits stay merge-free)
 from processors.providers import vonage_messages  # noqa: F401  # isort: skip
 from processors.providers import telnyx  # noqa: F401  # isort: skip
+from processors.providers import bird  # noqa: F401  # isort: skip
 from processors.providers.base import Provider
 
 _REQUIRED = ("NAME", "CONTENT_TYPES", "FRAMING", "SIGNATURE_HEADERS", "enabled", "verify", "parse")
