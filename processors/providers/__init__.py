@@ -24,6 +24,7 @@ from processors.providers import bird  # noqa: F401  # isort: skip
 from processors.providers import postmark  # noqa: F401  # isort: skip
 from processors.providers import brevo  # noqa: F401  # isort: skip
 from processors.providers import africastalking  # noqa: F401  # isort: skip
+from processors.providers import gupshup  # noqa: F401  # isort: skip
 from processors.providers.base import Provider
 
 _REQUIRED = ("NAME", "CONTENT_TYPES", "FRAMING", "SIGNATURE_HEADERS", "enabled", "verify", "parse")
