@@ -8,6 +8,7 @@ again signed. A real aiohttp server; the only fake is the sink behind it.
 from __future__ import annotations
 
 import hashlib
+import types
 from collections.abc import AsyncIterator
 from urllib.parse import urlencode
 
@@ -16,11 +17,12 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
+from processors import providers
 from processors.config import Settings
 from processors.ingest import raw
 from processors.ingest.gateway import Gateway
 from processors.ingest.producer import MemorySink
-from processors.providers import smpp, vonage
+from processors.providers import smpp, vonage, vonage_messages
 
 SMPP_TOKEN = "smpp-unit-token-5c1e"
 VONAGE_SECRET = "vonage-unit-signature-secret-77aa"
@@ -31,6 +33,7 @@ FORM = "application/x-www-form-urlencoded"
 def settings(**extra: str) -> Settings:
     secrets = {
         "SMPP_TOKEN": SMPP_TOKEN,
+        "VONAGE_MESSAGES_SIGNATURE_SECRET": VONAGE_SECRET,
         "VONAGE_SIGNATURE_SECRET": VONAGE_SECRET,
         "VONAGE_SIGNATURE_METHOD": "sha256",
         **extra,
@@ -218,3 +221,55 @@ async def test_vonage_sms_get_receipt_signed(client: TestClient, sink: MemorySin
     resp = await raw_get(client, "/webhooks/vonage?" + tampered.decode())
     assert resp.status == 401
     assert len(sink.records) == 1
+
+
+# --- RetryLater: not signed yet, the provider resends it signed ---------------------------
+
+
+async def test_unsigned_vonage_messages_callback_is_503(
+    client: TestClient, sink: MemorySink
+) -> None:
+    body = b'{"message_uuid": "u-503", "status": "delivered", "channel": "sms"}'
+    resp = await client.post(
+        "/webhooks/vonage-messages", data=body, headers={"content-type": "application/json"}
+    )
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "5"
+    assert resp.content_type == "application/json"
+    assert sink.records == []
+    forged = vonage_messages.sign(body, VONAGE_SECRET + "x")
+    resp = await client.post("/webhooks/vonage-messages", data=body, headers=forged)
+    assert resp.status == 401
+    assert sink.records == []
+    resp = await client.post(
+        "/webhooks/vonage-messages", data=body, headers=vonage_messages.sign(body, VONAGE_SECRET)
+    )
+    assert resp.status == 200
+    (record,) = sink.records
+    assert record.value == body
+
+
+# --- the registry refuses a declaration the gateway could not use --------------------------
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value"),
+    [
+        ("HTTP_METHODS", ("PUT",)),
+        ("HTTP_METHODS", ()),
+        ("HTTP_METHODS", "GET"),
+        ("SUCCESS_ANSWER", ("ACK", "text/plain")),
+        ("SUCCESS_ANSWER", (b"ACK",)),
+        ("QUERY_CREDENTIALS", "token"),
+        ("QUERY_CREDENTIALS", ("",)),
+    ],
+)
+def test_registry_refuses_unusable_declarations(attribute: str, value: object) -> None:
+    module = types.ModuleType("processors.providers.fake")
+    for name in ("CONTENT_TYPES", "FRAMING", "SIGNATURE_HEADERS", "enabled", "verify", "parse"):
+        setattr(module, name, getattr(smpp, name))
+    module.NAME = "fake"  # type: ignore[attr-defined]
+    setattr(module, attribute, value)
+    with pytest.raises(TypeError, match=attribute):
+        providers._collect({"fake": module})
+    assert providers._collect({"smpp": smpp})["smpp"] is smpp
