@@ -17,6 +17,7 @@ from processors.providers import line, mailgun, sendgrid, ses  # noqa: F401  # i
 # SMS, WhatsApp-partner and TikTok providers (a line of their own, same reason)
 from processors.providers import bandwidth, dialog360, infobip, octopods  # noqa: F401  # isort: skip
 from processors.providers import plivo, sinch, smpp, tiktok, tracksend, vonage  # noqa: F401  # isort: skip
+
 # issue 16 providers (a line each: parallel edits stay merge-free)
 from processors.providers import vonage_messages  # noqa: F401  # isort: skip
 from processors.providers import telnyx  # noqa: F401  # isort: skip

@@ -104,7 +104,10 @@ TABLE: dict[str, Coverage] = {
         receipts={"sms": DR, "mms": DR, "whatsapp": DRR},
     ),
     "smpp": Coverage(
-        channels=("sms",), signature="HTTP Basic or shared token", receipts={"sms": DR}
+        channels=("sms",),
+        signature="HTTP Basic or shared token (`?token=`, `token` header or Bearer)",
+        receipts={"sms": DR},
+        extra_statuses=("failed",),  # Jasmin level-1 ESME_R* refusals
     ),
     "line": Coverage(
         channels=("line",),
