@@ -131,8 +131,10 @@ def build(now: float) -> Plan:
 
     # telnyx: the documented message.sent example (made the delivered message's), finalized
     # delivered / failed 40300 / sending_failed 40012 / unconfirmed, a group MMS, inbound
-    sent = fx("telnyx", "sent_mms_delivery_update.json").replace(
-        b"40385f64-5717-4562-b3fc-2c963f66afa6", b"b301ed3f-1490-491f-995f-6e64e69674d4"
+    sent = (
+        fx("telnyx", "sent_mms_delivery_update.json")
+        .replace(b"40385f64-5717-4562-b3fc-2c963f66afa6", b"b301ed3f-1490-491f-995f-6e64e69674d4")
+        .replace(b"4000eba1-a0c0-4563-9925-b25e842a7cb6", b"16fd2706-8baf-433b-82eb-8c7fada847da")
     )
     for body in (
         sent,
