@@ -189,6 +189,8 @@ class Settings:
     public_url: str | None = None
     max_body_bytes: int = 1_048_576
     delivery_unknown_after: float = 3600.0
+    # Seconds a signed timestamp may be away from our clock (providers/freshness.py).
+    replay_window: float = 300.0
     delivery_unknown_disabled: frozenset[str] = frozenset()
     # slack on top of the receive-time watermark before a deadline fires: covers gateway
     # clock skew and records still in flight from a gateway when the watermark moved
@@ -299,6 +301,7 @@ class Settings:
                 env, "MSGSTATUS_STATE_MARKER_RETENTION", d.state_marker_retention
             ),
             session_timeout=_float(env, "MSGSTATUS_SESSION_TIMEOUT", d.session_timeout),
+            replay_window=_float(env, "MSGSTATUS_REPLAY_WINDOW", d.replay_window),
             fetch_max_wait_ms=_int(env, "MSGSTATUS_FETCH_MAX_WAIT_MS", d.fetch_max_wait_ms),
             producer_batch_bytes=_int(
                 env, "MSGSTATUS_PRODUCER_BATCH_BYTES", d.producer_batch_bytes
@@ -319,6 +322,8 @@ class Settings:
             raise ConfigError("MSGSTATUS_PARTITIONS must be at least 1")
         if settings.max_body_bytes < 1:
             raise ConfigError("MSGSTATUS_MAX_BODY_BYTES must be positive")
+        if settings.replay_window < 0:
+            raise ConfigError("MSGSTATUS_REPLAY_WINDOW must not be negative")
         if not 0 <= settings.fetch_max_wait_ms <= 10_000:
             raise ConfigError("MSGSTATUS_FETCH_MAX_WAIT_MS must be between 0 and 10000")
         if not 1024 <= settings.producer_batch_bytes <= 8 * 1024 * 1024:

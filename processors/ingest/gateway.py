@@ -21,10 +21,11 @@ from processors import providers
 from processors.config import Settings
 from processors.ingest import raw
 from processors.ingest.producer import KafkaUnavailable, RawSink
-from processors.providers import ses
+from processors.providers import query_string, ses
 from processors.providers.base import (
     FramingError,
     Provider,
+    RetryLater,
     SignatureError,
     WebhookRequest,
     constant_time_equal,
@@ -170,6 +171,8 @@ class Gateway:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/webhooks/meta", self.meta_handshake)
         app.router.add_post("/webhooks/{provider}", self.webhook)
+        # receipts sent as a query string, for providers whose HTTP_METHODS include GET
+        app.router.add_get("/webhooks/{provider}", self.webhook, allow_head=False)
         app.router.add_post("/v1/events", self.events)
         app.router.add_get("/v1/messages/{message_key}", self.message)
         return app
@@ -221,19 +224,15 @@ class Gateway:
             return error(404, f"unknown provider {name!r}")
         if not self._is_enabled(name, provider):
             return error(404, f"provider {name!r} is not enabled (its secret is not configured)")
-        limit = self.settings.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            return error(413, f"body larger than {limit} bytes")
-        content_type = request.content_type.lower()
-        if content_type not in provider.CONTENT_TYPES:
+        methods = getattr(provider, "HTTP_METHODS", ("POST",))
+        if request.method not in methods:
             return error(
-                415,
-                f"content type {content_type or '(none)'!r} not accepted; "
-                f"expected one of {', '.join(provider.CONTENT_TYPES)}",
+                405, f"{name} receipts are not sent as {request.method}", Allow=", ".join(methods)
             )
-        body = await read_limited(request, limit)
-        if body is None:
-            return error(413, f"body larger than {limit} bytes")
+        payload = await self._payload(request, provider)
+        if isinstance(payload, web.Response):
+            return payload
+        body, content_type = payload
         webhook = WebhookRequest(
             provider=name,
             method=request.method,
@@ -245,6 +244,12 @@ class Gateway:
         verified = self._verified(provider, webhook)
         if isinstance(verified, web.Response):
             return verified
+        hidden = getattr(provider, "QUERY_CREDENTIALS", ())
+        if hidden:  # a `?token=` secret is checked, never stored
+            webhook = query_string.without_credentials(webhook, hidden)
+            body = webhook.body
+            if not body and webhook.method == "GET":
+                return error(400, "GET receipt without parameters besides its token")
         problem = framing_ok(provider, body, content_type)
         if problem:
             return error(400, problem)
@@ -263,13 +268,45 @@ class Gateway:
         # background so the answer is not delayed; MSGSTATUS_SES_AUTO_CONFIRM=0 disables it.
         if name == ses.NAME:
             ses.schedule_confirmation(webhook, self.settings)
+        answer = getattr(provider, "SUCCESS_ANSWER", None)  # e.g. Jasmin wants `ACK/Jasmin`
+        if answer is not None:
+            return web.Response(body=answer[0], content_type=answer[1])
         return ok({"status": "accepted"})
+
+    async def _payload(
+        self, request: web.Request, provider: Provider
+    ) -> tuple[bytes, str] | web.Response:
+        """(body, content type) of a webhook; a GET receipt's body is its raw query string
+        (byte for byte, so a replay re-parses it), framed as a form."""
+        limit = self.settings.max_body_bytes
+        if request.method == "GET":
+            query = request.rel_url.raw_query_string.encode()
+            if not query:
+                return error(400, "GET receipt without a query string")
+            if len(query) > limit:
+                return error(413, f"query string larger than {limit} bytes")
+            return query, "application/x-www-form-urlencoded"
+        if request.content_length is not None and request.content_length > limit:
+            return error(413, f"body larger than {limit} bytes")
+        content_type = request.content_type.lower()
+        if content_type not in provider.CONTENT_TYPES:
+            return error(
+                415,
+                f"content type {content_type or '(none)'!r} not accepted; "
+                f"expected one of {', '.join(provider.CONTENT_TYPES)}",
+            )
+        body = await read_limited(request, limit)
+        if body is None:
+            return error(413, f"body larger than {limit} bytes")
+        return body, content_type
 
     def _verified(
         self, provider: Provider, webhook: WebhookRequest
     ) -> WebhookRequest | web.Response:
         try:
             provider.verify(webhook, self.settings)
+        except RetryLater as exc:  # e.g. Vonage's unsigned callback, retried signed on 5xx
+            return error(503, f"not signed: {exc}", **{"Retry-After": RETRY_AFTER_SECONDS})
         except SignatureError as exc:
             return error(401, f"signature check failed: {exc}")
         except FramingError as exc:

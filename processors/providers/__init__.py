@@ -17,6 +17,15 @@ from processors.providers import line, mailgun, sendgrid, ses  # noqa: F401  # i
 # SMS, WhatsApp-partner and TikTok providers (a line of their own, same reason)
 from processors.providers import bandwidth, dialog360, infobip, octopods  # noqa: F401  # isort: skip
 from processors.providers import plivo, sinch, smpp, tiktok, tracksend, vonage  # noqa: F401  # isort: skip
+
+# issue 16 providers (a line each: parallel edits stay merge-free)
+from processors.providers import vonage_messages  # noqa: F401  # isort: skip
+from processors.providers import telnyx  # noqa: F401  # isort: skip
+from processors.providers import bird  # noqa: F401  # isort: skip
+from processors.providers import postmark  # noqa: F401  # isort: skip
+from processors.providers import brevo  # noqa: F401  # isort: skip
+from processors.providers import africastalking  # noqa: F401  # isort: skip
+from processors.providers import gupshup  # noqa: F401  # isort: skip
 from processors.providers.base import Provider
 
 _REQUIRED = ("NAME", "CONTENT_TYPES", "FRAMING", "SIGNATURE_HEADERS", "enabled", "verify", "parse")
@@ -32,10 +41,31 @@ def _collect(namespace: dict[str, object]) -> dict[str, Provider]:
             raise TypeError(f"provider module {module.__name__} lacks {', '.join(missing)}")
         if module.FRAMING not in ("json", "form"):
             raise TypeError(f"provider module {module.__name__}: FRAMING must be json or form")
+        _check_declarations(module)
         if module.NAME in registry:
             raise TypeError(f"provider name {module.NAME!r} registered twice")
         registry[module.NAME] = module  # type: ignore[assignment]
     return registry
+
+
+def _check_declarations(module: ModuleType) -> None:
+    """The optional gateway declarations, when a module makes them, must be usable:
+    HTTP_METHODS (default POST only; GET = receipts in the query string), SUCCESS_ANSWER
+    (body bytes, content type) and QUERY_CREDENTIALS (query parameters never stored)."""
+    methods = getattr(module, "HTTP_METHODS", ("POST",))
+    if not (isinstance(methods, tuple) and methods and set(methods) <= {"POST", "GET"}):
+        raise TypeError(f"provider module {module.__name__}: HTTP_METHODS must be POST and/or GET")
+    answer = getattr(module, "SUCCESS_ANSWER", None)
+    if answer is not None and not (
+        isinstance(answer, tuple)
+        and len(answer) == 2
+        and isinstance(answer[0], bytes)
+        and isinstance(answer[1], str)
+    ):
+        raise TypeError(f"provider module {module.__name__}: SUCCESS_ANSWER is (bytes, str)")
+    hidden = getattr(module, "QUERY_CREDENTIALS", ())
+    if not (isinstance(hidden, tuple) and all(isinstance(n, str) and n for n in hidden)):
+        raise TypeError(f"provider module {module.__name__}: QUERY_CREDENTIALS is a str tuple")
 
 
 REGISTRY: dict[str, Provider] = _collect(dict(globals()))

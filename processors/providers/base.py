@@ -21,6 +21,11 @@ class SignatureError(Exception):
     """The request does not prove it comes from the provider (HTTP 401)."""
 
 
+class RetryLater(SignatureError):
+    """Not proven yet, but the provider says it will retry signed (HTTP 503 + Retry-After;
+    nothing is written). A SignatureError, so a caller that knows only those refuses it."""
+
+
 class FramingError(Exception):
     """The body is not in the provider's framing at all (HTTP 400 / dead-letter)."""
 

@@ -43,6 +43,7 @@ class Coverage:
 
 
 _TOKEN = "shared token (`token` header or Bearer)"
+_QUERY_TOKEN = "shared token (`?token=`, `token` header or Bearer)"
 _BASIC = "HTTP Basic"
 
 # One entry per provider name of PROVIDERS.md; only registered providers are printed.
@@ -92,6 +93,7 @@ TABLE: dict[str, Coverage] = {
         channels=("sms", "mms", "whatsapp", "viber", "rcs", "messenger", "line"),
         signature=_BASIC,
         receipts={"sms": DR, "mms": DR, "whatsapp": DRR, "viber": DR, "rcs": DRR, "messenger": DRR},
+        extra_statuses=("failed",),  # UNDELIVERABLE_NOT_SENT: never left Infobip
     ),
     "vonage": Coverage(
         channels=("sms",), signature="signed params (`sig`, HMAC or MD5)", receipts={"sms": DR}
@@ -102,7 +104,10 @@ TABLE: dict[str, Coverage] = {
         receipts={"sms": DR, "mms": DR, "whatsapp": DRR},
     ),
     "smpp": Coverage(
-        channels=("sms",), signature="HTTP Basic or shared token", receipts={"sms": DR}
+        channels=("sms",),
+        signature="HTTP Basic or shared token (`?token=`, `token` header or Bearer)",
+        receipts={"sms": DR},
+        extra_statuses=("failed",),  # Jasmin level-1 ESME_R* refusals
     ),
     "line": Coverage(
         channels=("line",),
@@ -128,6 +133,64 @@ TABLE: dict[str, Coverage] = {
         extra_statuses=("undelivered",),
     ),
 }
+# issue 16 providers (PROVIDERS-NEXT.md)
+TABLE.update(
+    {
+        "vonage-messages": Coverage(
+            channels=("sms", "mms", "rcs", "whatsapp", "viber", "messenger"),
+            signature="JWT HS256 in Authorization (payload_hash, iat window)",
+            receipts={
+                "sms": DR,
+                "mms": DR,
+                "rcs": DRR,
+                "whatsapp": DRR,
+                "viber": DRR,
+                "messenger": DRR,
+            },
+            extra_statuses=("expired",),  # rejected with code 1360
+        ),
+        "telnyx": Coverage(
+            channels=("sms", "mms"),
+            signature="Ed25519 of timestamp|body (telnyx-signature-ed25519)",
+            receipts={"sms": DR, "mms": DR},
+        ),
+        "bird": Coverage(
+            channels=("sms", "whatsapp", "email", "rcs"),
+            signature="HMAC-SHA256 of timestamp, URL, body hash (messagebird-signature); "
+            "legacy MessageBird-Signature-JWT",
+            receipts={"sms": DR, "whatsapp": DRR, "email": DRR, "rcs": DRR},
+            # interactions, inbound, and the legacy SMS status report words
+            extra_statuses=(
+                "read",
+                "clicked",
+                "complained",
+                "unsubscribed",
+                "received",
+                "scheduled",
+                "expired",
+            ),
+        ),
+        "postmark": Coverage(
+            channels=("email",),
+            signature="HTTP Basic (credentials in the webhook URL)",
+            receipts={"email": DRR},
+            extra_statuses=("undelivered", "rejected", "failed", "unsubscribed"),  # bounces
+        ),
+        "brevo": Coverage(
+            channels=("email", "sms"),
+            signature=_QUERY_TOKEN,
+            receipts={"email": DRR, "sms": DR},
+            extra_statuses=("replied",),  # SMS replies
+        ),
+        "africastalking": Coverage(channels=("sms",), signature=_QUERY_TOKEN, receipts={"sms": DR}),
+        "gupshup": Coverage(
+            channels=("whatsapp",),
+            signature=_QUERY_TOKEN,
+            receipts={"whatsapp": DRR},
+            extra_statuses=("undelivered",),  # failures with a WhatsApp error code
+        ),
+    }
+)
 UNKNOWN = Coverage(channels=(), signature="?", receipts={})
 
 

@@ -5,7 +5,19 @@
 "id", "name", "description", "permanent"}}]}` (Infobip "Receive outbound SMS message
 report"); each result is its own event, keyed by `messageId`.
 
-Status by `status.groupName`. Error category, first match wins: `error.id` (GSM MAP codes
+Status by `status.groupName`, except the statuses whose group claims more than Infobip
+knows (Infobip "Message status codes",
+https://www.infobip.com/docs/developer-resources/api-fundamentals/message-status-codes),
+mapped by `status.name` instead:
+- DELIVERED_TO_OPERATOR (id 2, group DELIVERED): intermediate, the operator has it, the
+  handset may not: `sent`;
+- EXPIRED_DLR_UNKNOWN (id 29, group EXPIRED): the message went out, but the operator's
+  receipt never came or could not be read, so the outcome is unknown: `sent` (not
+  `expired`), and our own `delivery_unknown` follows when the deadline passes;
+- UNDELIVERABLE_NOT_SENT (id 31): never left Infobip: `failed`;
+- SIGNALS_BLOCKED (id 87, listed under EXPIRED and REJECTED): an anti-fraud block:
+  `rejected` (carrier_filtered).
+Error category, first match wins: `error.id` (GSM MAP codes
 for handset/user errors, shared with smpp.py), then `status.name` (REJECTED_DND, ...), then
 `error.groupName`. `error.id` 0 (`NO_ERROR`, group OK) is no error.
 
@@ -49,6 +61,14 @@ STATUS_MAP: dict[str, str] = {
 }
 IGNORED_STATUSES: frozenset[str] = frozenset()  # none documented
 STATUSES = common.StatusTable(STATUS_MAP, IGNORED_STATUSES)
+# status.name -> canonical, where the group would overstate the outcome (docstring).
+STATUS_NAMES: dict[str, str] = {
+    "DELIVERED_TO_OPERATOR": "sent",
+    "EXPIRED_DLR_UNKNOWN": "sent",
+    "UNDELIVERABLE_NOT_SENT": "failed",
+    "SIGNALS_BLOCKED": "rejected",
+}
+common.StatusTable({name.lower(): status for name, status in STATUS_NAMES.items()})
 
 # error.id -> category: the GSM MAP handset/user error ids.
 ERROR_CODES: dict[str, tuple[str, str]] = dict(common.check_error_table(dict(GSM_MAP_ERRORS)))
@@ -72,6 +92,12 @@ STATUS_NAME_CATEGORIES: dict[str, tuple[str, str]] = dict(
             "REJECTED_MESSAGE_TOO_LONG": ("content_rejected", "Message too long"),
             "UNDELIVERABLE_REJECTED_OPERATOR": ("carrier_filtered", "Operator rejected it"),
             "EXPIRED_EXPIRED": ("expired", "Validity period expired"),
+            "SIGNALS_BLOCKED": ("carrier_filtered", "Blocked by an anti-fraud mechanism"),
+            "REJECTED_DESTINATION_BLOCKLISTED": ("blocked", "Destination is blocklisted"),
+            "REJECTED_DUPLICATE_MESSAGE_ID": ("account_problem", "Duplicate message ID"),
+            "REJECTED_INVALID_UDH": ("content_rejected", "Invalid user data header"),
+            "MISSING_TO": ("invalid_number", "No recipient given"),
+            "UNDELIVERABLE_REJECTED_PLATFORM": ("provider_error", "Rejected by the platform"),
         }
     )
 )
@@ -167,7 +193,8 @@ def _one(result: ParseResult, item: Any, request: WebhookRequest) -> None:
     if word is None:
         result.dead.append(DeadItem("result without status.groupName", item))
         return
-    status = STATUSES.lookup(word)
+    name = (common.text(status_obj.get("name"), max_len=128) or "").upper()
+    status = STATUS_NAMES.get(name) or STATUSES.lookup(word)
     if status is None:
         if STATUSES.is_ignored(word):
             result.ignored += 1

@@ -2,7 +2,14 @@
 
 A form POST with `MessageUUID`, `Status`, `ErrorCode`, `From`, `To`, `MessageType`?,
 `ParentMessageUUID`, `PartInfo`, `Units`, `TotalRate`, ... One callback = one status of one
-message (a multi-part SMS reports per part under the parent's MessageUUID).
+message part (Plivo "Message Status Callbacks",
+https://www.plivo.com/docs/messaging/api/message/message-status-callbacks).
+
+A multipart SMS reports each part under its own `MessageUUID`, with the first part's UUID
+(the one the send API returned) as `ParentMessageUUID` (single-part messages: the same
+UUID). We key by ParentMessageUUID, so the parts are one message to the sender: the first
+`delivered` part makes it delivered; a part failing after another part's delivery is kept
+in the message's history as a conflict (DESIGN.md section 5), never applied.
 
 Signature (Plivo "Signature validation", V3; as plivo-python's `validate_v3_signature`):
 `X-Plivo-Signature-V3` (messaging callbacks may name it `X-Plivo-Signature-MA-V3`) =
@@ -190,7 +197,9 @@ def parse(request: WebhookRequest) -> ParseResult:
     """One callback -> at most one event; FramingError only when the body is no form."""
     fields = _fields(request)
     result = ParseResult()
-    uuid = common.text(fields.get("MessageUUID"), max_len=256)
+    uuid = common.text(fields.get("ParentMessageUUID"), max_len=256) or common.text(
+        fields.get("MessageUUID"), max_len=256
+    )
     word = common.text(fields.get("Status"), max_len=64)
     if uuid is None:
         result.dead.append(DeadItem("missing MessageUUID", fields))

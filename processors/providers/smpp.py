@@ -15,8 +15,27 @@ UNKNOWN is known and ignored. `err` is the network's error code (GSM MAP codes i
 practice) -> category. `done date` -> occurred_at, read as UTC (SMSCs rarely say which zone
 they use). `connector` / `smsc` / `smsc-id` names the account.
 
-Authentication, either: HTTP Basic equal to MSGSTATUS_SMPP_USER / _PASSWORD, or header
-`token` / `Authorization: Bearer` equal to MSGSTATUS_SMPP_TOKEN.
+Two more shapes real gateways send:
+- Jasmin level-1 receipts (dlr-level 1, and the first of two with level 3) carry the
+  SMSC's answer to `submit_sm` instead of a receipt: `message_status=ESME_ROK` (the SMSC
+  accepted it: `sent`) or an `ESME_R*` command status (it refused it: `failed`, category
+  by the SMPP 3.4 command status table below). Jasmin re-sends every receipt (and MO)
+  until the answer body is exactly `ACK/Jasmin`, so that is our success answer
+  (https://docs.jasminsms.com/en/latest/apis/ja-http/receiving-dlr.html).
+- Kannel `dlr-url`s usually carry the numeric DLR type (`%d`) in the query string,
+  e.g. `...?id=<own id>&type=%d&answer=%A` (Kannel user guide, "Delivery Reports":
+  https://www.kannel.org/download/1.4.5/userguide-1.4.5/userguide.html#DELIVERY-REPORTS):
+  1 delivery success, 2 delivery failure, 4 message buffered, 8 smsc submit, 16 smsc
+  reject, 32 smsc intermediate notification (no change). The number is read from `type`,
+  `dlr-type`, `dlr_type`, `dlr` or `status`; a receipt text with `stat:` wins over it
+  (it says more, e.g. EXPIRED rather than "failure"). Kannel's `%A` of an SMSC reject is
+  `NACK/0x<command status>/<text>`: the command status gives the category.
+Kannel fetches the dlr-url with GET, so GET receipts are accepted: the query string is
+the receipt.
+
+Authentication, either: HTTP Basic equal to MSGSTATUS_SMPP_USER / _PASSWORD, or the token
+MSGSTATUS_SMPP_TOKEN as header `token`, `Authorization: Bearer` or `?token=` in the URL
+(a dlr-url cannot carry headers; the token parameter is never stored).
 """
 
 from __future__ import annotations
@@ -28,7 +47,7 @@ from typing import Any
 
 from processors.config import Settings
 from processors.model import CanonicalEvent, ErrorInfo, is_failure
-from processors.providers import common
+from processors.providers import common, query_string
 from processors.providers.bandwidth import basic_credentials, check_basic
 from processors.providers.bandwidth import calculate_signature as basic_header
 from processors.providers.base import (
@@ -37,7 +56,6 @@ from processors.providers.base import (
     ParseResult,
     SignatureError,
     WebhookRequest,
-    bearer_or_token,
     constant_time_equal,
 )
 
@@ -45,6 +63,10 @@ NAME = "smpp"
 CONTENT_TYPES: tuple[str, ...] = ("application/x-www-form-urlencoded", "application/json")
 FRAMING = "form"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # credentials are secrets: never kept
+HTTP_METHODS: tuple[str, ...] = ("POST", "GET")  # Kannel's dlr-url is fetched with GET
+QUERY_CREDENTIALS: tuple[str, ...] = (query_string.TOKEN_PARAM,)
+# Jasmin retries a receipt until the body is exactly this; Kannel ignores the body.
+SUCCESS_ANSWER: tuple[bytes, str] = (b"ACK/Jasmin", "text/plain")
 USER = "SMPP_USER"
 PASSWORD = "SMPP_PASSWORD"
 TOKEN = "SMPP_TOKEN"
@@ -91,6 +113,65 @@ GSM_MAP_ERRORS: dict[str, tuple[str, str]] = dict(
 ERROR_CODES = GSM_MAP_ERRORS
 STATUS_CATEGORY: dict[str, str] = {"expired": "expired"}
 
+# Jasmin level-1 receipts: the SMSC's submit_sm_resp command status (SMPP 3.4, 5.1.3).
+ESME_OK = "ESME_ROK"
+# name -> (command status, category, SMPP 3.4's description); any other ESME_R* is still
+# a refusal (`failed`, category unknown).
+ESME_ERRORS: dict[str, tuple[int, str, str]] = {
+    "ESME_RINVMSGLEN": (0x01, "content_rejected", "Message length is invalid"),
+    "ESME_RINVCMDLEN": (0x02, "provider_error", "Command length is invalid"),
+    "ESME_RINVCMDID": (0x03, "provider_error", "Invalid command ID"),
+    "ESME_RINVBNDSTS": (0x04, "provider_error", "Incorrect bind status for given command"),
+    "ESME_RALYBND": (0x05, "provider_error", "ESME already in bound state"),
+    "ESME_RINVPRTFLG": (0x06, "provider_error", "Invalid priority flag"),
+    "ESME_RINVREGDLVFLG": (0x07, "provider_error", "Invalid registered delivery flag"),
+    "ESME_RSYSERR": (0x08, "provider_error", "System error"),
+    "ESME_RINVSRCADR": (0x0A, "account_problem", "Invalid source address"),
+    "ESME_RINVDSTADR": (0x0B, "invalid_number", "Invalid destination address"),
+    "ESME_RINVMSGID": (0x0C, "provider_error", "Message ID is invalid"),
+    "ESME_RBINDFAIL": (0x0D, "account_problem", "Bind failed"),
+    "ESME_RINVPASWD": (0x0E, "account_problem", "Invalid password"),
+    "ESME_RINVSYSID": (0x0F, "account_problem", "Invalid system ID"),
+    "ESME_RMSGQFUL": (0x14, "rate_limited", "Message queue full"),
+    "ESME_RINVSERTYP": (0x15, "provider_error", "Invalid service type"),
+    "ESME_RINVNUMDESTS": (0x33, "provider_error", "Invalid number of destinations"),
+    "ESME_RINVDESTFLAG": (0x40, "provider_error", "Destination flag is invalid"),
+    "ESME_RINVESMCLASS": (0x43, "provider_error", "Invalid esm_class field data"),
+    "ESME_RSUBMITFAIL": (0x45, "provider_error", "submit_sm or submit_multi failed"),
+    "ESME_RINVSRCTON": (0x48, "account_problem", "Invalid source address TON"),
+    "ESME_RINVSRCNPI": (0x49, "account_problem", "Invalid source address NPI"),
+    "ESME_RINVDSTTON": (0x50, "invalid_number", "Invalid destination address TON"),
+    "ESME_RINVDSTNPI": (0x51, "invalid_number", "Invalid destination address NPI"),
+    "ESME_RINVSYSTYP": (0x53, "account_problem", "Invalid system_type field"),
+    "ESME_RTHROTTLED": (0x58, "rate_limited", "Throttling error (message limits exceeded)"),
+    "ESME_RINVSCHED": (0x61, "content_rejected", "Invalid scheduled delivery time"),
+    "ESME_RINVEXPIRY": (0x62, "content_rejected", "Invalid message validity period"),
+    "ESME_RX_T_APPN": (0x64, "provider_error", "ESME receiver temporary app error"),
+    "ESME_RX_P_APPN": (0x65, "provider_error", "ESME receiver permanent app error"),
+    "ESME_RX_R_APPN": (0x66, "carrier_filtered", "ESME receiver reject message error"),
+    "ESME_RINVOPTPARSTREAM": (0xC0, "provider_error", "Error in the optional part of the PDU"),
+    "ESME_ROPTPARNOTALLWD": (0xC1, "provider_error", "Optional parameter not allowed"),
+    "ESME_RINVPARLEN": (0xC2, "provider_error", "Invalid parameter length"),
+    "ESME_RMISSINGOPTPARAM": (0xC3, "provider_error", "Expected optional parameter missing"),
+    "ESME_RINVOPTPARAMVAL": (0xC4, "provider_error", "Invalid optional parameter value"),
+    "ESME_RDELIVERYFAILURE": (0xFE, "unknown", "Delivery failure"),
+    "ESME_RUNKNOWNERR": (0xFF, "unknown", "Unknown error"),
+}
+common.check_error_table({name: (cat, text) for name, (_, cat, text) in ESME_ERRORS.items()})
+ESME_BY_STATUS: dict[int, str] = {code: name for name, (code, _, _) in ESME_ERRORS.items()}
+
+# Kannel's numeric DLR types (`%d`) -> canonical; 32 (intermediate) carries no status.
+KANNEL_TYPES: dict[str, str] = {
+    "1": "delivered",  # delivery success
+    "2": "undelivered",  # delivery failure
+    "4": "sent",  # message buffered (the SMSC holds it, e.g. handset off)
+    "8": "sent",  # smsc submit: accepted by the SMSC
+    "16": "rejected",  # smsc reject
+}
+KANNEL_IGNORED: frozenset[str] = frozenset({"32"})
+KANNEL_TYPE_FIELDS = ("type", "dlr-type", "dlr_type", "dlr", "status")
+_NACK = re.compile(r"^\s*NACK/(?:0x)?(?P<status>[0-9A-Fa-f]{1,8})(?:/(?P<text>.*))?$", re.DOTALL)
+
 TEXT_FIELDS = ("short_message", "text", "content", "answer", "receipt")
 ID_FIELDS = ("message_id", "id", "msgid")
 ACCOUNT_FIELDS = ("connector", "smsc", "smsc-id", "smsc_id")
@@ -128,7 +209,7 @@ def verify(request: WebhookRequest, settings: Settings) -> None:
             raise SignatureError("Basic credentials given but MSGSTATUS_SMPP_USER is not set")
         check_basic(request, user, password, "SMPP")
         return
-    given = bearer_or_token(request)
+    given = query_string.shared_token(request)
     if token is None or not given:
         raise SignatureError("missing `Authorization: Basic`, `token` or Bearer credential")
     if not constant_time_equal(token, given):
@@ -187,7 +268,7 @@ def _scalar(value: Any) -> str | None:
 
 
 def _fields(request: WebhookRequest) -> dict[str, str]:
-    if common.looks_like_json(request):
+    if not query_string.is_query(request) and common.looks_like_json(request):
         data = common.load_json(request.body)
         if not isinstance(data, dict):
             raise FramingError("JSON body must be an object of receipt fields")
@@ -210,6 +291,87 @@ def _first(fields: Mapping[str, str], names: tuple[str, ...], max_len: int = 256
     return None
 
 
+def esme_error(name: str) -> ErrorInfo:
+    """The ErrorInfo of a refused submit_sm (`ESME_R*`); unlisted names keep their code."""
+    code = name.upper()
+    _, category, text = ESME_ERRORS.get(code, (0, "unknown", None))
+    return ErrorInfo(code=code, category=category, description=text)
+
+
+def nack_error(answer: str | None) -> ErrorInfo | None:
+    """Kannel's `%A` for an SMSC reject, `NACK/0x0000000b/Invalid Destination Address`."""
+    match = _NACK.match(answer or "")
+    if match is None:
+        return None
+    status = int(match.group("status"), 16)
+    name = ESME_BY_STATUS.get(status)
+    detail = common.text(match.group("text"), max_len=256)
+    if name is None:
+        return ErrorInfo(code=f"0x{status:08x}", category="unknown", description=detail)
+    return ErrorInfo(
+        code=name, category=ESME_ERRORS[name][1], description=detail or ESME_ERRORS[name][2]
+    )
+
+
+def kannel_type(fields: Mapping[str, str]) -> str | None:
+    """The numeric DLR type (`%d`) when one of the usual parameters holds a number."""
+    for name in KANNEL_TYPE_FIELDS:
+        value = common.to_int(fields.get(name))
+        if value is not None:
+            return str(value)
+    return None
+
+
+def _esme(
+    result: ParseResult, request: WebhookRequest, fields: dict[str, str], message_id: str, word: str
+) -> None:
+    """A Jasmin level-1 receipt: the SMSC accepted (`ESME_ROK`) or refused the message."""
+    accepted = word.upper() == ESME_OK
+    result.events.append(
+        CanonicalEvent(
+            provider=NAME,
+            provider_message_id=message_id,
+            status="sent" if accepted else "failed",
+            provider_status=word.upper(),
+            channel="sms",
+            observed_at=request.received_at,
+            account=_first(fields, ACCOUNT_FIELDS),
+            error=None if accepted else esme_error(word),
+            polled=request.polled,
+        )
+    )
+
+
+def _kannel(
+    result: ParseResult, request: WebhookRequest, fields: dict[str, str], message_id: str, kind: str
+) -> None:
+    """A Kannel receipt known only by its numeric DLR type."""
+    status = KANNEL_TYPES.get(kind)
+    if status is None:
+        if kind in KANNEL_IGNORED:
+            result.ignored += 1
+        else:
+            result.dead.append(DeadItem(f"unknown Kannel DLR type {kind!r}", fields))
+        return
+    error = None
+    if is_failure(status):
+        answer = _first(fields, ("answer",), max_len=MAX_RECEIPT)  # Kannel's `%A`
+        error = nack_error(answer) or ErrorInfo(code=None, category="unknown")
+    result.events.append(
+        CanonicalEvent(
+            provider=NAME,
+            provider_message_id=message_id,
+            status=status,
+            provider_status=kind,
+            channel="sms",
+            observed_at=request.received_at,
+            account=_first(fields, ACCOUNT_FIELDS),
+            error=error,
+            polled=request.polled,
+        )
+    )
+
+
 @common.guarded
 def parse(request: WebhookRequest) -> ParseResult:
     """One receipt -> at most one event; FramingError when the body is no form/object."""
@@ -223,6 +385,12 @@ def parse(request: WebhookRequest) -> ParseResult:
     )
     if message_id is None:
         result.dead.append(DeadItem("receipt without a message id", fields))
+        return result
+    if word is not None and word.upper().startswith("ESME_"):
+        _esme(result, request, fields, message_id, word)
+        return result
+    if word is None and (kind := kannel_type(fields)) is not None:
+        _kannel(result, request, fields, message_id, kind)
         return result
     if word is None:
         result.dead.append(DeadItem("receipt without stat", fields))

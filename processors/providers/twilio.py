@@ -50,24 +50,92 @@ STATUS_MAP: dict[str, str] = {
 IGNORED_STATUSES: frozenset[str] = frozenset({"receiving", "delivery_unknown"})
 STATUSES = common.StatusTable(STATUS_MAP, IGNORED_STATUSES)
 
-# ErrorCode -> (category, Twilio's title). PROVIDERS.md lists the first eleven.
+# ErrorCode -> (category, Twilio's title), from Twilio's Error and Warning Dictionary
+# (https://www.twilio.com/docs/api/errors, one page per code: .../errors/<code>): the
+# errors a status callback carries for messaging (21xxx send-time refusals Twilio also
+# reports by callback, 30xxx delivery, 63xxx Channels/WhatsApp). Codes whose meaning we
+# could not confirm are left out on purpose: they keep their code with category
+# "unknown" rather than a guessed one.
 ERROR_CODES: dict[str, tuple[str, str]] = dict(
     common.check_error_table(
         {
+            # -- send-time refusals (REST API errors, also reported in callbacks)
+            "14107": ("rate_limited", "SMS send rate limit exceeded"),
+            "21211": ("invalid_number", "Invalid 'To' phone number"),
+            "21408": ("account_problem", "Permission to send to this region is not enabled"),
+            "21606": ("account_problem", "The 'From' number is not a valid message-capable number"),
+            "21608": ("account_problem", "The 'To' number is not verified (trial account)"),
+            "21610": ("opted_out", "Attempt to send to an unsubscribed recipient"),
+            "21611": ("rate_limited", "The 'From' number exceeded the maximum queued messages"),
+            "21612": ("unreachable", "The 'To' number is not currently reachable via SMS"),
+            "21614": ("invalid_number", "'To' number is not a valid mobile number"),
+            "21617": ("content_rejected", "The concatenated message body exceeds 1600 characters"),
+            # -- delivery (30xxx)
+            "30001": ("rate_limited", "Queue overflow"),
+            "30002": ("account_problem", "Account suspended"),
             "30003": ("unreachable", "Unreachable destination handset"),
             "30004": ("blocked", "Message blocked"),
             "30005": ("invalid_number", "Unknown destination handset"),
             "30006": ("invalid_number", "Landline or unreachable carrier"),
-            "30007": ("carrier_filtered", "Message filtered by the carrier"),
+            "30007": ("carrier_filtered", "Message filtered"),
             "30008": ("unknown", "Unknown error"),
-            "30034": ("account_problem", "Message from an unregistered number (US A2P 10DLC)"),
-            "21211": ("invalid_number", "Invalid 'To' phone number"),
-            "21408": ("account_problem", "Permission to send to this region is not enabled"),
-            "21610": ("opted_out", "Attempt to send to an unsubscribed recipient"),
-            "63016": ("outside_window", "Freeform message outside the WhatsApp 24 hour window"),
-            "30001": ("rate_limited", "Queue overflow"),
-            "30002": ("account_problem", "Account suspended"),
+            "30009": ("provider_error", "Missing segment"),
+            "30010": ("account_problem", "Message price exceeds max price"),
+            "30011": ("content_rejected", "MMS not supported by the receiving number here"),
+            "30017": ("unreachable", "Carrier network congestion"),
+            "30018": ("account_problem", "Destination carrier requires sender ID pre-registration"),
+            "30019": ("content_rejected", "Content size exceeds carrier limit"),
+            "30021": ("provider_error", "Internal failure with messaging service orchestrator"),
+            "30022": ("rate_limited", "US A2P 10DLC - Rate limits exceeded"),
+            "30023": ("rate_limited", "US A2P 10DLC - Daily message cap reached"),
+            "30024": ("account_problem", "Numeric sender ID not provisioned on carrier"),
+            "30027": ("rate_limited", "US A2P 10DLC - T-Mobile daily message limit reached"),
+            "30032": ("account_problem", "Toll-free number has not been verified"),
+            "30033": ("account_problem", "US A2P 10DLC - Campaign suspended"),
+            "30034": ("account_problem", "US A2P 10DLC - Message from an unregistered number"),
             "30036": ("expired", "Validity period expired"),
+            "30037": ("account_problem", "Outbound messaging disabled"),
+            "30038": ("content_rejected", "OTP message body filtered"),
+            "30500": ("provider_error", "Twilio internal error"),
+            # -- Channels: WhatsApp, Messenger, RCS (63xxx)
+            "63001": ("account_problem", "Channel could not authenticate the request"),
+            "63002": ("account_problem", "Channel could not find the From address"),
+            "63003": ("invalid_number", "Channel could not find the To address"),
+            "63005": ("content_rejected", "Channel did not accept the given content"),
+            "63006": ("content_rejected", "Could not format the given content for the channel"),
+            "63007": ("account_problem", "No Channel found with the specified From address"),
+            "63008": ("account_problem", "Channel module misconfigured"),
+            "63009": ("provider_error", "Channel provider returned an internal service error"),
+            "63010": ("provider_error", "Twilio internal error processing this message"),
+            "63011": ("provider_error", "Channel provider failed to process the request"),
+            "63012": ("provider_error", "Channel provider returned an internal service error"),
+            "63013": ("content_rejected", "Channel policy violation"),
+            "63014": ("blocked", "Channel message blocked by the user"),
+            "63015": ("account_problem", "Sandbox can only send to numbers that joined it"),
+            "63016": ("outside_window", "Freeform message outside the WhatsApp 24 hour window"),
+            "63017": ("rate_limited", "Rate limit exceeded"),
+            "63018": ("rate_limited", "Rate limit exceeded for Channel"),
+            "63019": ("content_rejected", "Media failed to download"),
+            "63020": ("account_problem", "Business Manager account error"),
+            "63021": ("content_rejected", "Channel invalid content error"),
+            "63022": ("account_problem", "Invalid vname certificate"),
+            "63023": ("unknown", "Channel generic error"),
+            "63024": ("invalid_number", "Invalid message recipient"),
+            "63027": ("content_rejected", "Template does not exist for a language and locale"),
+            "63028": ("content_rejected", "Template parameter count does not match"),
+            "63029": ("content_rejected", "The receiver failed to download the template"),
+            "63030": ("content_rejected", "Unsupported parameter for this type of channel message"),
+            "63031": ("invalid_number", "Channel message cannot have the same From and To"),
+            "63032": ("carrier_filtered", "Not sent to this user because of a WhatsApp limitation"),
+            "63033": ("blocked", "Recipient blocked receiving this message (deprecated)"),
+            "63034": ("content_rejected", "Media exceeds the messaging provider's size limit"),
+            "63036": ("unreachable", "The number cannot be reached by RCS at this time"),
+            "63038": ("rate_limited", "Account exceeded the daily messages limit"),
+            "63040": ("content_rejected", "Template rejected"),
+            "63041": ("content_rejected", "Template paused"),
+            "63042": ("content_rejected", "Template disabled"),
+            "63049": ("carrier_filtered", "Meta chose not to deliver this marketing message"),
+            "63051": ("account_problem", "WhatsApp Business Account is locked"),
         }
     )
 )

@@ -5,9 +5,9 @@ reported), `msisdn`, `to`, `network-code`, `api-key`, `message-timestamp`, and, 
 webhooks, `timestamp`, `nonce` and `sig` (Vonage "Delivery receipts", "Signing
 messages").
 
-Only `POST /webhooks/vonage` is routed, so configure the DLR webhook method as POST (form,
-`application/x-www-form-urlencoded`) or POST-JSON (`application/json`); Vonage's GET
-(query string) receipts are not accepted.
+The DLR webhook method may be GET (the query string is the receipt: the gateway stores it
+byte for byte as the record's body), POST (form, `application/x-www-form-urlencoded`) or
+POST-JSON (`application/json`).
 
 Signature (`sig` param): every other param, sorted by name, as `&name=value` with `&`
 and `=` in values replaced by `_`, then
@@ -45,6 +45,7 @@ NAME = "vonage"
 CONTENT_TYPES: tuple[str, ...] = ("application/json", "application/x-www-form-urlencoded")
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # the signature travels inside the body
+HTTP_METHODS: tuple[str, ...] = ("POST", "GET")  # Vonage's default DLR method is GET
 SECRET = "VONAGE_SIGNATURE_SECRET"
 METHOD = "VONAGE_SIGNATURE_METHOD"
 API_KEY = "VONAGE_API_KEY"

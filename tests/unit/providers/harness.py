@@ -46,8 +46,15 @@ def fixture(provider: str, name: str) -> bytes:
     return (FIXTURES / provider / name).read_bytes()
 
 
-def content_type_for(name: str) -> str:
+def content_type_for(name: str) -> str | None:
+    """`.form` bodies are forms, `.query` files are GET query strings (no content type)."""
+    if name.endswith(".query"):
+        return None
     return "application/x-www-form-urlencoded" if name.endswith(".form") else "application/json"
+
+
+def method_for(name: str) -> str:
+    return "GET" if name.endswith(".query") else "POST"
 
 
 def request(
@@ -59,15 +66,17 @@ def request(
     content_type: str | None = "application/json",
     received_at: float = RECEIVED_AT,
     polled: bool = False,
+    method: str = "POST",
 ) -> WebhookRequest:
-    """A WebhookRequest as the gateway builds it: lower-case header names, exact bytes."""
+    """A WebhookRequest as the gateway builds it: lower-case header names, exact bytes
+    (for a GET receipt the body is the raw query string, as the gateway stores it)."""
     merged: dict[str, str] = {}
     if content_type is not None:
         merged["content-type"] = content_type
     merged.update({k.lower(): v for k, v in (headers or {}).items()})
     return WebhookRequest(
         provider=provider,
-        method="POST",
+        method=method,
         url=url or URL.format(provider=provider),
         headers=merged,
         body=body,
@@ -145,7 +154,10 @@ def check_result(module: ModuleType, result: ParseResult, req: WebhookRequest) -
 def parse_case(module: ModuleType, case: Case) -> tuple[ParseResult, WebhookRequest]:
     body = fixture(module.NAME, case.fixture)
     ctype = case.content_type or content_type_for(case.fixture)
-    req = request(module.NAME, body, url=case.url, content_type=ctype, polled=case.polled)
+    method = method_for(case.fixture)
+    req = request(
+        module.NAME, body, url=case.url, content_type=ctype, polled=case.polled, method=method
+    )
     result = module.parse(req)
     check_result(module, result, req)
     return result, req
@@ -182,6 +194,13 @@ class SignatureContract:
     auth_headers: tuple[str, ...]
     body_bound: bool = True  # does the credential cover the body?
     extra_settings: Mapping[str, str] = field(default_factory=dict)
+    # A request genuinely signed, but for another account than the configured one (another
+    # api_key, key pair, subscription URL, Basic user, provider's token): must be refused.
+    wrong_account: Callable[[bytes], WebhookRequest] | None = None
+    # (body, secret, signed_at) -> request signed at that time, for schemes that sign a
+    # time; None when the scheme signs none (then "replayed" does not apply).
+    sign_at: Callable[[bytes, str, float], WebhookRequest] | None = None
+    window: float = 300.0  # the replay window those settings give
 
     def settings(self, **overrides: str) -> Settings:
         values = {self.secret_name: self.secret, **self.extra_settings, **overrides}
@@ -189,6 +208,9 @@ class SignatureContract:
 
 
 SIGNATURE_CHECKS = ("valid", "wrong_secret", "missing_header", "tampered_body", "disabled")
+# What issue 16 asks of every new provider: the above, plus a wrong account and a replay
+# outside the window (where the scheme signs a time).
+FULL_SIGNATURE_CHECKS = (*SIGNATURE_CHECKS, "wrong_account", "replayed")
 
 
 def check_signature(contract: SignatureContract, check: str) -> None:
@@ -220,6 +242,20 @@ def check_signature(contract: SignatureContract, check: str) -> None:
         assert not module.enabled(Settings())
         with pytest.raises(SignatureError):
             module.verify(contract.sign(contract.body, contract.secret), off)
+    elif check == "wrong_account":
+        assert contract.wrong_account is not None, "the contract must say what another account is"
+        with pytest.raises(SignatureError):
+            module.verify(contract.wrong_account(contract.body), good)
+    elif check == "replayed":
+        if contract.sign_at is None:
+            pytest.skip(f"{module.NAME}'s scheme signs no time: nothing can be replayed late")
+        now = RECEIVED_AT
+        edge = contract.window - 5
+        for signed_at in (now - edge, now + edge):  # inside the window: accepted
+            module.verify(contract.sign_at(contract.body, contract.secret, signed_at), good)
+        for signed_at in (now - contract.window - 5, now - 86_400 * 30, now + contract.window + 5):
+            with pytest.raises(SignatureError, match=r"window|future|expired"):
+                module.verify(contract.sign_at(contract.body, contract.secret, signed_at), good)
     else:  # pragma: no cover
         raise AssertionError(check)
 

@@ -50,6 +50,23 @@ CASES = [
         ],
         dead=["result without messageId", "unknown infobip status group 'TELEPORTED'"],
     ),
+    # issue 16: statuses whose group claims more than Infobip knows
+    h.Case(
+        "expired_dlr_unknown.json",
+        [("infobip:MESSAGE-ID-790-a", "sent", "EXPIRED_DLR_UNKNOWN", "sms", None)],
+    ),
+    h.Case(
+        "delivered_to_operator.json",
+        [("infobip:MESSAGE-ID-790-b", "sent", "DELIVERED_TO_OPERATOR", "sms", None)],
+    ),
+    h.Case(
+        "undeliverable_not_sent.json",
+        [("infobip:MESSAGE-ID-790-c", "failed", "UNDELIVERABLE_NOT_SENT", "sms", "unknown")],
+    ),
+    h.Case(
+        "signals_blocked.json",
+        [("infobip:MESSAGE-ID-790-d", "rejected", "SIGNALS_BLOCKED", "sms", "carrier_filtered")],
+    ),
 ]
 
 
@@ -92,6 +109,28 @@ def test_status_mapping(group: str, status: str) -> None:
     (event,) = infobip.parse(h.request("infobip", _result(group))).events
     assert event.status == status
     assert (event.error is not None) == (status in ("undelivered", "expired", "rejected"))
+
+
+@pytest.mark.parametrize(
+    ("group", "name", "status"),
+    [
+        ("EXPIRED", "EXPIRED_DLR_UNKNOWN", "sent"),  # outcome unknown: not `expired`
+        ("DELIVERED", "DELIVERED_TO_OPERATOR", "sent"),  # not the handset yet
+        ("DELIVERED", "DELIVERED_TO_HANDSET", "delivered"),
+        ("EXPIRED", "EXPIRED_EXPIRED", "expired"),
+        ("UNDELIVERABLE", "UNDELIVERABLE_NOT_SENT", "failed"),
+        ("EXPIRED", "SIGNALS_BLOCKED", "rejected"),
+        ("REJECTED", "SIGNALS_BLOCKED", "rejected"),
+        ("PENDING", "PENDING_ACCEPTED", "sent"),
+    ],
+)
+def test_honest_status_names(group: str, name: str, status: str) -> None:
+    """Infobip's own table calls DELIVERED_TO_OPERATOR intermediate and EXPIRED_DLR_UNKNOWN
+    an unknown outcome; the group name alone would claim delivery or expiry."""
+    (event,) = infobip.parse(h.request("infobip", _result(group, name))).events
+    assert (event.status, event.provider_status) == (status, name)
+    if status == "sent":
+        assert event.error is None
 
 
 @pytest.mark.parametrize(

@@ -58,6 +58,16 @@ CASES = [
         [("plivo:f4d82325-3c6e-11ee-b1af-0242ac110005", "read", "read", "whatsapp", None)],
     ),
     h.Case("unknown_status.form", [], dead=["unknown plivo Status 'teleported'"]),
+    # issue 16: every part of a multipart SMS is keyed by the parent's UUID, the one the
+    # send API returned (ParentMessageUUID = the first part's MessageUUID)
+    h.Case(
+        "multipart_part1_sent.form",
+        [("plivo:0936ec98-7c4c-11e4-9bd8-22000afa12b8", "sent", "sent", "sms", None)],
+    ),
+    h.Case(
+        "multipart_part2_delivered.form",
+        [("plivo:0936ec98-7c4c-11e4-9bd8-22000afa12b8", "delivered", "delivered", "sms", None)],
+    ),
 ]
 
 

@@ -34,6 +34,44 @@ CASES = [
     h.Case("acceptd.form", [("smpp:9a8b7c6d5e", "sent", "ACCEPTD", "sms", None)]),
     h.Case("unknown.form", [], ignored=1),
     h.Case("unknown_stat.form", [], dead=["unknown SMPP receipt stat 'TELEPRT'"]),
+    # issue 16: Jasmin level-1 receipts (the SMSC's answer to submit_sm), POST and GET
+    h.Case(
+        "jasmin_level1_esme_rok.form",
+        [("smpp:16fd2706-8baf-433b-82eb-8c7fada847da", "sent", "ESME_ROK", "sms", None)],
+    ),
+    h.Case(
+        "jasmin_level1_esme_rinvdstadr.query",
+        [
+            (
+                "smpp:5e0c1a7d-3b2f-4c8e-9d61-0a4b7c2e8f13",
+                "failed",
+                "ESME_RINVDSTADR",
+                "sms",
+                "invalid_number",
+            )
+        ],
+    ),
+    h.Case(
+        "jasmin_level3_delivrd.query",
+        [("smpp:16fd2706-8baf-433b-82eb-8c7fada847da", "delivered", "DELIVRD", "sms", None)],
+    ),
+    # issue 16: Kannel's numeric DLR type (`%d`) in a GET dlr-url
+    h.Case("kannel_smsc_submit.query", [("smpp:kn-20260428-0002", "sent", "8", "sms", None)]),
+    h.Case("kannel_buffered.query", [("smpp:kn-20260428-0002", "sent", "4", "sms", None)]),
+    h.Case("kannel_delivered.query", [("smpp:kn-20260428-0002", "delivered", "1", "sms", None)]),
+    h.Case(
+        "kannel_delivered_with_receipt.query",
+        [("smpp:kn-20260428-0001", "delivered", "DELIVRD", "sms", None)],
+    ),
+    h.Case(
+        "kannel_smsc_reject.query",
+        [("smpp:kn-20260428-0003", "rejected", "16", "sms", "invalid_number")],
+    ),
+    h.Case(
+        "kannel_failed.query", [("smpp:kn-20260428-0004", "undelivered", "2", "sms", "unknown")]
+    ),
+    h.Case("kannel_intermediate.query", [], ignored=1),
+    h.Case("kannel_unknown_type.query", [], dead=["unknown Kannel DLR type '64'"]),
 ]
 
 
@@ -87,6 +125,80 @@ def test_stat_mapping(stat: str, status: str) -> None:
     assert (event.error is not None) == (
         status in ("expired", "canceled", "undelivered", "rejected")
     )
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [("1", "delivered"), ("2", "undelivered"), ("4", "sent"), ("8", "sent"), ("16", "rejected")],
+)
+@pytest.mark.parametrize("field", ["type", "dlr-type", "dlr_type", "dlr", "status"])
+def test_kannel_numeric_types(field: str, kind: str, status: str) -> None:
+    """Kannel's user guide: 1 delivery success, 2 failure, 4 buffered, 8 smsc submit,
+    16 smsc reject; the number arrives under whatever name the dlr-url gave it."""
+    query = f"id=own-42&{field}={kind}".encode()
+    (event,) = smpp.parse(h.request("smpp", query, content_type=None, method="GET")).events
+    assert (event.provider_message_id, event.status, event.provider_status) == (
+        "own-42",
+        status,
+        kind,
+    )
+    assert (event.error is not None) == (status in ("undelivered", "rejected"))
+
+
+@pytest.mark.parametrize(
+    ("answer", "code", "category"),
+    [
+        ("NACK/0x0000000b/Invalid Destination Address", "ESME_RINVDSTADR", "invalid_number"),
+        ("NACK/0x58/Throttling error", "ESME_RTHROTTLED", "rate_limited"),
+        ("NACK/0x00000045", "ESME_RSUBMITFAIL", "provider_error"),
+        ("NACK/0xabcd/What", "0x0000abcd", "unknown"),
+        ("NACK/", None, "unknown"),
+        ("Some text", None, "unknown"),
+    ],
+)
+def test_kannel_smsc_reject_answer(answer: str, code: str | None, category: str) -> None:
+    body = h.form([("id", "own-43"), ("type", "16"), ("answer", answer)])
+    (event,) = smpp.parse(h.request("smpp", body, content_type=FORM)).events
+    assert event.status == "rejected" and event.error is not None
+    assert (event.error.code, event.error.category) == (code, category)
+
+
+@pytest.mark.parametrize(
+    ("name", "category"),
+    [
+        ("ESME_RINVDSTADR", "invalid_number"),
+        ("ESME_RINVDSTTON", "invalid_number"),
+        ("ESME_RINVSRCADR", "account_problem"),
+        ("ESME_RTHROTTLED", "rate_limited"),
+        ("ESME_RMSGQFUL", "rate_limited"),
+        ("ESME_RSYSERR", "provider_error"),
+        ("ESME_RINVMSGLEN", "content_rejected"),
+        ("ESME_RX_R_APPN", "carrier_filtered"),
+        ("ESME_RINVNUMDESTS", "provider_error"),
+        ("ESME_RSOMETHINGNEW", "unknown"),  # still a refusal, just an unlisted one
+        ("esme_rinvdstadr", "invalid_number"),
+    ],
+)
+def test_jasmin_level1_refusals(name: str, category: str) -> None:
+    body = h.form([("id", "j-1"), ("message_status", name), ("level", "1")])
+    (event,) = smpp.parse(h.request("smpp", body, content_type=FORM)).events
+    assert (event.status, event.provider_status) == ("failed", name.upper())
+    assert event.error is not None
+    assert (event.error.code, event.error.category) == (name.upper(), category)
+
+
+def test_esme_table_is_consistent() -> None:
+    codes = [code for code, _, _ in smpp.ESME_ERRORS.values()]
+    assert len(codes) == len(set(codes))
+    assert all(name.startswith("ESME_R") for name in smpp.ESME_ERRORS)
+    assert smpp.ESME_OK not in smpp.ESME_ERRORS
+
+
+def test_gateway_declarations() -> None:
+    """Jasmin retries until the body is exactly `ACK/Jasmin`; Kannel fetches with GET."""
+    assert smpp.SUCCESS_ANSWER == (b"ACK/Jasmin", "text/plain")
+    assert smpp.HTTP_METHODS == ("POST", "GET")
+    assert smpp.QUERY_CREDENTIALS == ("token",)
 
 
 def test_unknown_is_no_change() -> None:
@@ -199,6 +311,19 @@ def test_signature_contract(contract: h.SignatureContract, check: str) -> None:
     h.check_signature(contract, check)
 
 
+def test_token_in_the_dlr_url_query() -> None:
+    """A Kannel dlr-url carries no headers: `?token=` authenticates it (GET or POST)."""
+    body = h.fixture("smpp", "kannel_delivered.query")
+    good = TOKENED.settings()
+    for method in ("GET", "POST"):
+        ctype = None if method == "GET" else FORM
+        url = f"https://status.example.com/webhooks/smpp?token={TOKEN}"
+        smpp.verify(h.request("smpp", body, url=url, content_type=ctype, method=method), good)
+        wrong = url.replace(TOKEN, TOKEN + "x")
+        with pytest.raises(SignatureError):
+            smpp.verify(h.request("smpp", body, url=wrong, content_type=ctype, method=method), good)
+
+
 def test_both_schemes_configured_and_crossed() -> None:
     both = h.settings(SMPP_USER=USER, SMPP_PASSWORD=PASSWORD, SMPP_TOKEN=TOKEN)
     smpp.verify(basic_signed(BASIC.body, PASSWORD), both)
@@ -217,7 +342,9 @@ def test_both_schemes_configured_and_crossed() -> None:
 FORM_JUNK = ("", " ", "x" * 5000, "9" * 400, "-1", "\x00", "\u00b2", "%", "stat:", "id: err:")
 
 
-@pytest.mark.parametrize("name", [c.fixture for c in CASES if c.fixture.endswith(".form")])
+@pytest.mark.parametrize(
+    "name", [c.fixture for c in CASES if c.fixture.endswith((".form", ".query"))]
+)
 def test_form_mutations_never_crash(name: str) -> None:
     pairs = parse_qsl(h.fixture("smpp", name).decode(), keep_blank_values=True)
     for index in range(len(pairs)):

@@ -103,6 +103,19 @@ CASES = [
         "rcs_read.form",
         [("twilio:SM0718293a4b5c6d7e8f90a1b2c3d4e5f6", "read", "read", "rcs", None)],
     ),
+    # issue 16: 63018 ("Rate limit exceeded for Channel") was category unknown
+    h.Case(
+        "whatsapp_failed_63018.form",
+        [
+            (
+                "twilio:SMe287d7109a5a925f182f0e07fe5b223b",
+                "failed",
+                "failed",
+                "whatsapp",
+                "rate_limited",
+            )
+        ],
+    ),
     h.Case("unknown_status.form", [], dead=["unknown twilio MessageStatus 'teleported'"]),
     h.Case("inbound_receiving.form", [], ignored=1),
 ]
@@ -189,6 +202,25 @@ def test_delivery_unknown_is_ours_to_derive() -> None:
         ("30001", "rate_limited"),
         ("30002", "account_problem"),
         ("30036", "expired"),
+        # issue 16: the rest of Twilio's messaging errors (a sample of each family)
+        ("63018", "rate_limited"),
+        ("63017", "rate_limited"),
+        ("30022", "rate_limited"),
+        ("30023", "rate_limited"),
+        ("30027", "rate_limited"),
+        ("30017", "unreachable"),
+        ("30018", "account_problem"),
+        ("30019", "content_rejected"),
+        ("30024", "account_problem"),
+        ("30032", "account_problem"),
+        ("30038", "content_rejected"),
+        ("21614", "invalid_number"),
+        ("63003", "invalid_number"),
+        ("63024", "invalid_number"),
+        ("63021", "content_rejected"),
+        ("63032", "carrier_filtered"),
+        ("63049", "carrier_filtered"),
+        ("63038", "rate_limited"),
         ("99999", "unknown"),
     ],
 )
@@ -198,6 +230,15 @@ def test_error_codes(code: str, category: str) -> None:
     assert event.error is not None
     assert (event.error.code, event.error.category) == (code, category)
     assert event.error.description or category == "unknown"
+
+
+def test_every_table_entry_is_a_twilio_code_with_a_title() -> None:
+    """The table is literal data: 5-digit codes of the messaging ranges, each titled."""
+    assert len(twilio.ERROR_CODES) >= 70
+    for code, (category, title) in twilio.ERROR_CODES.items():
+        assert code.isdigit() and len(code) == 5, code
+        assert code[:2] in ("14", "21", "30", "63"), code
+        assert title.strip() and category
 
 
 def test_error_message_from_twilio_wins_over_the_table() -> None:

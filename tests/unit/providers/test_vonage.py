@@ -33,6 +33,8 @@ CASES = [
         [("vonage:0A0000001234567F", "rejected", "rejected", "sms", "opted_out")],
     ),
     h.Case("unknown.form", [], ignored=1),
+    # issue 16: Vonage's default DLR method is GET, the receipt in the query string
+    h.Case("delivered.query", [("vonage:0A00000012345690", "delivered", "delivered", "sms", None)]),
 ]
 
 
