@@ -7,6 +7,7 @@ tests/integration/test_infra.py.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import socket
 import stat
@@ -338,6 +339,11 @@ def test_prepare_fetches_checks_installs_and_starts_nothing(
     monkeypatch.setattr(
         local_infra, "ensure_redis_server", lambda: calls.append("redis") or "/bin/redis-server"
     )
+    monkeypatch.setattr(
+        local_infra,
+        "ensure_prometheus",
+        lambda: calls.append("prometheus") or ("/bin/prometheus", "/bin/promtool"),
+    )
 
     def no_start(self: object) -> None:
         raise AssertionError("prepare must not start anything")
@@ -345,8 +351,9 @@ def test_prepare_fetches_checks_installs_and_starts_nothing(
     monkeypatch.setattr(local_infra._ManagedProcess, "start", no_start)
     cfg = local_infra.InfraConfig.from_env({"MSGSTATUS_INFRA_DIR": str(tmp_path)})
     assert local_infra.cmd_prepare(cfg) == 0
-    assert calls == ["jars", "java", "redis"]
-    assert "nothing started" in capsys.readouterr().out
+    assert calls == ["jars", "java", "redis", "prometheus"]
+    out = capsys.readouterr().out
+    assert "nothing started" in out and "promtool: /bin/promtool" in out
 
     def missing() -> str:
         raise RuntimeError("'java' (17+) is needed")
@@ -354,3 +361,70 @@ def test_prepare_fetches_checks_installs_and_starts_nothing(
     monkeypatch.setattr(local_infra, "ensure_java", missing)
     assert local_infra.cmd_prepare(cfg) == 1
     assert "infra prepare failed: 'java' (17+) is needed" in capsys.readouterr().err
+
+
+def test_prometheus_command_loopback_own_tsdb_reloadable() -> None:
+    cmd = local_infra.prometheus_command(
+        "/usr/bin/prometheus", 19090, Path("/d/prometheus.yml"), Path("/d")
+    )
+    assert cmd[0] == "/usr/bin/prometheus"
+    assert "--web.listen-address=127.0.0.1:19090" in cmd
+    assert "--config.file=/d/prometheus.yml" in cmd
+    assert "--storage.tsdb.path=/d/tsdb" in cmd
+    assert "--web.enable-lifecycle" in cmd
+    assert not any("0.0.0.0" in part for part in cmd)
+
+
+def test_prometheus_config_is_written_as_json_yaml(tmp_path: Path) -> None:
+    server = local_infra.PrometheusServer(local_infra.free_port(), tmp_path, {"a": {"b": [1]}})
+    server._write_config()
+    assert json.loads(server.config_file.read_text()) == {"a": {"b": [1]}}
+    assert server.url == f"http://127.0.0.1:{server.port}"
+    assert not server.answers()
+
+
+def test_apt_install_without_root_names_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        local_infra.shutil, "which", lambda name: "/usr/bin/apt-get" if name == "apt-get" else None
+    )
+    monkeypatch.setattr(local_infra, "_installed", lambda name: None)
+    monkeypatch.setattr(local_infra.os, "geteuid", lambda: 1000)
+    ran: list[object] = []
+    monkeypatch.setattr(local_infra.subprocess, "run", lambda *a, **k: ran.append(a))
+    with pytest.raises(RuntimeError) as exc:
+        local_infra.apt_install("prometheus", ["prometheus", "promtool"])
+    message = str(exc.value)
+    assert "prometheus, promtool not on PATH" in message
+    assert "apt-get install -y --no-install-recommends prometheus" in message
+    assert ran == []
+
+
+def test_apt_install_as_root_runs_apt_without_starting_services(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    installed: set[str] = set()
+    policy = tmp_path / "policy-rc.d"
+    monkeypatch.setattr(local_infra, "POLICY_RC_D", policy)
+    monkeypatch.setattr(
+        local_infra.shutil, "which", lambda name: "/usr/bin/apt-get" if name == "apt-get" else None
+    )
+    monkeypatch.setattr(
+        local_infra, "_installed", lambda name: f"/usr/bin/{name}" if name in installed else None
+    )
+    monkeypatch.setattr(local_infra.os, "geteuid", lambda: 0)
+    seen: list[tuple[list[str], bool]] = []
+
+    def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        seen.append((cmd, policy.exists() and "exit 101" in policy.read_text()))
+        if "install" in cmd:
+            installed.update({"prometheus", "promtool"})
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(local_infra.subprocess, "run", run)
+    assert local_infra.ensure_prometheus() == ("/usr/bin/prometheus", "/usr/bin/promtool")
+    assert [cmd[1:] for cmd, _ in seen] == [
+        ["update"],
+        ["install", "-y", "--no-install-recommends", "prometheus"],
+    ]
+    assert all(blocked for _, blocked in seen), "services must not start during the install"
+    assert not policy.exists(), "the temporary policy-rc.d is removed again"
