@@ -21,7 +21,7 @@ from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode import CrashingSupervisor
 
-from processors import providers
+from processors import kafka_client, providers
 from processors.config import Settings
 from processors.store.readmodel import ReadModel, ReadModelUnavailable
 from processors.stream import deadlines, metrics, restore
@@ -235,11 +235,11 @@ def build(
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         app_id,
-        broker=f"kafka://{settings.kafka_bootstrap}",
+        **kafka_client.faust_kwargs(settings),
         store="rocksdb://",
         datadir=str(datadir),
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.replication_factor,
         producer_acks=-1,
         # Canonical and transitions records carry up to 500 events (~100 KB): with
         # aiokafka's 16 KB default each is a batch of its own, and the next send to that

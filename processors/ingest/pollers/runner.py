@@ -34,7 +34,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from prometheus_client import Counter, Gauge, start_http_server
 
-from processors import providers
+from processors import kafka_client, providers
 from processors.config import ConfigError, Settings
 from processors.ingest import raw
 from processors.ingest.pollers import MODULES
@@ -266,7 +266,7 @@ class Poller:
 
     async def _consume(self) -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **kafka_client.client_kwargs(self.settings),
             group_id=self.settings.topic(GROUP),
             auto_offset_reset="earliest",
             enable_auto_commit=False,  # state is rebuilt from the log, never committed
