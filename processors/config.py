@@ -190,6 +190,8 @@ class Settings:
     fetch_max_wait_ms: int = 20
     api_token: str | None = None
     metrics_port: int = 6066
+    # Seconds between two reads of the consumer groups' lag (processors/ops/lag.py).
+    consumer_lag_interval: float = 15.0
     app_id: str = "msgstatus"
     produce_timeout: float = 5.0
     # The gateway's event loop (processors/eventloop.py): "uvloop" or "asyncio".
@@ -288,6 +290,9 @@ class Settings:
             fetch_max_wait_ms=_int(env, "MSGSTATUS_FETCH_MAX_WAIT_MS", d.fetch_max_wait_ms),
             api_token=env.get("MSGSTATUS_API_TOKEN") or None,
             metrics_port=_int(env, "MSGSTATUS_METRICS_PORT", d.metrics_port),
+            consumer_lag_interval=_float(
+                env, "MSGSTATUS_CONSUMER_LAG_INTERVAL", d.consumer_lag_interval
+            ),
             app_id=env.get("MSGSTATUS_APP_ID", d.app_id),
             produce_timeout=_float(env, "MSGSTATUS_PRODUCE_TIMEOUT", d.produce_timeout),
             gateway_event_loop=_choice(
@@ -329,6 +334,8 @@ class Settings:
             raise ConfigError("MSGSTATUS_MAX_BODY_BYTES must be positive")
         if not 0 <= settings.fetch_max_wait_ms <= 10_000:
             raise ConfigError("MSGSTATUS_FETCH_MAX_WAIT_MS must be between 0 and 10000")
+        if settings.consumer_lag_interval <= 0:
+            raise ConfigError("MSGSTATUS_CONSUMER_LAG_INTERVAL must be positive")
         settings.check_transport()
         return settings
 
