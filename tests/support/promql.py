@@ -27,6 +27,15 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "msgstatus.json"
 COMPARISONS = {"==", "!=", ">", "<", ">=", "<="}
 SET_OPERATORS = {"and", "or", "unless"}
 # Grafana's built-in variables, as a range a live test with a short history can answer.
+# Worker metrics the stream core adds (issue 15); alerts and dashboard use them already.
+ANNOUNCED_WORKER_METRICS = {
+    "msgstatus_end_to_end_seconds",
+    "msgstatus_state_keys",
+    "msgstatus_kafka_send_seconds",
+    "msgstatus_rebalances_total",
+    "msgstatus_watermark_lag_seconds",
+    "msgstatus_failures_total",
+}
 GRAFANA_BUILTINS = {
     "$__rate_interval": "1m",
     "$__interval": "15s",
@@ -164,3 +173,24 @@ def variable_queries(doc: dict[str, Any]) -> list[tuple[str, str]]:
         if match:
             found.append((var["name"], match.group(1)))
     return found
+
+
+def code_metric_names() -> set[str]:
+    """Metric names registered by the code (prometheus_client constructors' first arg)."""
+    names: set[str] = set()
+    pattern = re.compile(r'(?:Counter|Gauge|Histogram|Summary)\(\s*"(msgstatus_\w+)"')
+    for path in (ROOT / "processors").rglob("*.py"):
+        names |= set(pattern.findall(path.read_text()))
+    return names
+
+
+def series_names(metric: str) -> set[str]:
+    """What one metric is exposed as (histograms as _bucket/_sum/_count)."""
+    return {metric, f"{metric}_bucket", f"{metric}_sum", f"{metric}_count"}
+
+
+def known_series() -> set[str]:
+    known = {"up"}
+    for metric in code_metric_names() | ANNOUNCED_WORKER_METRICS:
+        known |= series_names(metric)
+    return known

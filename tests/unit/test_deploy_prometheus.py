@@ -15,16 +15,6 @@ from support import promql
 ROOT = promql.ROOT
 OPERATIONS = ROOT / "docs" / "operations.md"
 
-# Worker metrics the stream core adds (issue 15); alerts and dashboard use them already.
-ANNOUNCED_WORKER_METRICS = {
-    "msgstatus_end_to_end_seconds",
-    "msgstatus_state_keys",
-    "msgstatus_kafka_send_seconds",
-    "msgstatus_rebalances_total",
-    "msgstatus_watermark_lag_seconds",
-    "msgstatus_failures_total",
-}
-
 
 def promtool() -> str:
     found = shutil.which("promtool") or (
@@ -95,29 +85,8 @@ def test_every_alert_has_severity_text_and_a_runbook_entry() -> None:
         assert alert.name.lower() in anchors, f"docs/operations.md has no '### {alert.name}'"
 
 
-def code_metric_names() -> set[str]:
-    """Metric names registered by the code (prometheus_client constructors' first arg)."""
-    names: set[str] = set()
-    pattern = re.compile(r'(?:Counter|Gauge|Histogram|Summary)\(\s*"(msgstatus_\w+)"')
-    for path in (ROOT / "processors").rglob("*.py"):
-        names |= set(pattern.findall(path.read_text()))
-    return names
-
-
-def series_names(metric: str) -> set[str]:
-    """What one metric is exposed as (histograms as _bucket/_sum/_count)."""
-    return {metric, f"{metric}_bucket", f"{metric}_sum", f"{metric}_count"}
-
-
-def known_series() -> set[str]:
-    known = {"up"}
-    for metric in code_metric_names() | ANNOUNCED_WORKER_METRICS:
-        known |= series_names(metric)
-    return known
-
-
 def test_alerts_use_existing_metrics_and_jobs() -> None:
-    known = known_series()
+    known = promql.known_series()
     jobs = {job["job_name"] for job in promql.load_yaml(promql.SCRAPE_CONFIG)["scrape_configs"]}
     for alert in promql.alerts():
         unknown = promql.metric_names(alert.expr) - known
@@ -128,7 +97,7 @@ def test_alerts_use_existing_metrics_and_jobs() -> None:
 
 def test_code_metric_names_are_found() -> None:
     # guards the regex above: the existing metrics of every process are seen
-    names = code_metric_names()
+    names = promql.code_metric_names()
     assert {
         "msgstatus_gateway_requests_total",
         "msgstatus_emitted_total",
