@@ -338,6 +338,49 @@ def kafka_server_properties(port: int, controller_port: int, data_dir: Path) -> 
     }
 
 
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_SASL_NAME = "SASL_PLAINTEXT"
+
+
+def sasl_listener_properties(
+    props: Mapping[str, str], sasl_port: int, users: Mapping[str, str]
+) -> dict[str, str]:
+    """``props`` plus a SASL_PLAINTEXT client listener on 127.0.0.1:``sasl_port``
+    accepting PLAIN and SCRAM-SHA-256/512 for ``users`` (name -> password).
+
+    The broker talks to itself over PLAINTEXT; the SCRAM credentials live in the cluster
+    metadata (``kafka_format_command`` adds them; ``KafkaBroker.add_scram_user`` later).
+    No authorizer: this checks authentication, the part msgstatus' clients configure.
+    """
+    for name, password in users.items():
+        if not name.isidentifier() or not password.isalnum():
+            raise ValueError("SASL test users: identifier names and alphanumeric passwords")
+    out = dict(props)
+    out["listeners"] += f",{_SASL_NAME}://{HOST}:{sasl_port}"
+    out["advertised.listeners"] += f",{_SASL_NAME}://{HOST}:{sasl_port}"
+    out["listener.security.protocol.map"] += f",{_SASL_NAME}:{_SASL_NAME}"
+    out["sasl.enabled.mechanisms"] = ",".join(SASL_MECHANISMS)
+    plain_users = " ".join(f'user_{name}="{password}"' for name, password in users.items())
+    prefix = f"listener.name.{_SASL_NAME.lower()}"
+    out[f"{prefix}.plain.sasl.jaas.config"] = (
+        f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};"
+    )
+    for mechanism in SASL_MECHANISMS[1:]:
+        out[f"{prefix}.{mechanism.lower()}.sasl.jaas.config"] = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        )
+    return out
+
+
+def scram_format_args(users: Mapping[str, str]) -> list[str]:
+    """``kafka-storage format --add-scram`` arguments: every user, both SCRAM mechanisms."""
+    args: list[str] = []
+    for name, password in users.items():
+        for mechanism in SASL_MECHANISMS[1:]:
+            args += ["--add-scram", f"{mechanism}=[name={name},password={password}]"]
+    return args
+
+
 def render_properties(props: Mapping[str, str], header: str = "") -> str:
     """Java ``.properties`` text; escapes backslashes so paths survive."""
     lines = [f"# {line}" for line in header.splitlines()]
@@ -376,12 +419,29 @@ def kafka_java_command(
 
 
 def kafka_format_command(
-    java: str, libs: Path, cluster_id: str, server_properties: Path
+    java: str,
+    libs: Path,
+    cluster_id: str,
+    server_properties: Path,
+    extra: Sequence[str] = (),
 ) -> list[str]:
-    """The one-time KRaft storage format command."""
+    """The one-time KRaft storage format command (``extra``: e.g. ``--add-scram`` users)."""
     return [
         java, "-Xmx256m", "-XX:+UseSerialGC", "-cp", f"{libs}/*",
         "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(server_properties),
+        *extra,
+    ]  # fmt: skip
+
+
+def scram_user_command(
+    java: str, libs: Path, bootstrap: str, name: str, password: str, mechanism: str
+) -> list[str]:
+    """kafka-configs: add or change a SCRAM user on a running cluster."""
+    return [
+        java, "-Xmx256m", "-XX:+UseSerialGC", "-cp", f"{libs}/*",
+        "kafka.admin.ConfigCommand", "--bootstrap-server", bootstrap, "--alter",
+        "--add-config", f"{mechanism}=[password={password}]",
+        "--entity-type", "users", "--entity-name", name,
     ]  # fmt: skip
 
 
@@ -730,10 +790,15 @@ class KafkaBroker(_ManagedProcess):
         *,
         libs_dir: Path | None = None,
         die_with_parent: bool = False,
+        sasl_port: int | None = None,
+        sasl_users: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(data_dir, die_with_parent)
         self.port = port
         self.controller_port = controller_port
+        # Optional SASL_PLAINTEXT listener for clients (PLAIN, SCRAM-SHA-256/512).
+        self.sasl_port = sasl_port
+        self.sasl_users = dict(sasl_users or {})
         self.heap = heap
         self._libs_dir = libs_dir
         self.server_properties = self.data_dir / "server.properties"
@@ -747,8 +812,30 @@ class KafkaBroker(_ManagedProcess):
         return f"{HOST}:{self.port}"
 
     @property
+    def sasl_bootstrap(self) -> str:
+        """``bootstrap_servers`` of the SASL listener (needs ``sasl_port``)."""
+        if self.sasl_port is None:
+            raise RuntimeError("this broker has no SASL listener")
+        return f"{HOST}:{self.sasl_port}"
+
+    @property
     def log_dir(self) -> Path:
         return self.data_dir / "kafka-logs"
+
+    def add_scram_user(self, name: str, password: str, mechanism: str = "SCRAM-SHA-512") -> None:
+        """Create or update a SCRAM user on the running broker (kafka-configs)."""
+        if mechanism not in SASL_MECHANISMS[1:]:
+            raise ValueError(f"not a SCRAM mechanism: {mechanism}")
+        cmd = scram_user_command(
+            ensure_java(), self._libs(), self.bootstrap, name, password, mechanism
+        )
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"adding SCRAM user {name!r} failed (exit {result.returncode}):\n"
+                f"{(result.stdout + result.stderr)[-2000:]}"
+            )
+        self.sasl_users[name] = password
 
     def answers(self) -> bool:
         return kafka_answers(HOST, self.port)
@@ -762,18 +849,26 @@ class KafkaBroker(_ManagedProcess):
         return self._libs_dir
 
     def _prepare(self) -> None:
-        for port in (self.port, self.controller_port):
-            if port_in_use(port):
+        for port in (self.port, self.controller_port, self.sasl_port):
+            if port is not None and port_in_use(port):
                 raise RuntimeError(f"cannot start Kafka: 127.0.0.1:{port} is already in use")
         java = ensure_java()
         libs = self._libs()
         props = kafka_server_properties(self.port, self.controller_port, self.data_dir)
+        if self.sasl_port is not None:
+            props = sasl_listener_properties(props, self.sasl_port, self.sasl_users)
         self.server_properties.write_text(
             render_properties(props, header="generated by deploy/local/infra.py")
         )
         self.log4j_properties.write_text(kafka_log4j_properties(self.log_file))
         if not (self.log_dir / "meta.properties").exists():
-            cmd = kafka_format_command(java, libs, new_cluster_id(), self.server_properties)
+            cmd = kafka_format_command(
+                java,
+                libs,
+                new_cluster_id(),
+                self.server_properties,
+                scram_format_args(self.sasl_users) if self.sasl_port is not None else (),
+            )
             result = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if result.returncode != 0:
                 raise RuntimeError(

@@ -428,3 +428,34 @@ def test_apt_install_as_root_runs_apt_without_starting_services(
     ]
     assert all(blocked for _, blocked in seen), "services must not start during the install"
     assert not policy.exists(), "the temporary policy-rc.d is removed again"
+
+
+def test_sasl_listener_added_next_to_plaintext() -> None:
+    sasl = local_infra.sasl_listener_properties(props, 9094, {"app": "pw1", "ops": "pw2"})
+    assert sasl["listeners"] == (
+        "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093,SASL_PLAINTEXT://127.0.0.1:9094"
+    )
+    assert sasl["advertised.listeners"].endswith(",SASL_PLAINTEXT://127.0.0.1:9094")
+    assert "SASL_PLAINTEXT:SASL_PLAINTEXT" in sasl["listener.security.protocol.map"]
+    assert sasl["inter.broker.listener.name"] == "PLAINTEXT"
+    assert sasl["sasl.enabled.mechanisms"] == "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512"
+    plain = sasl["listener.name.sasl_plaintext.plain.sasl.jaas.config"]
+    assert 'user_app="pw1" user_ops="pw2";' in plain
+    assert "ScramLoginModule" in sasl["listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config"]
+    assert props["listeners"].count("SASL") == 0  # the input is not modified
+    with pytest.raises(ValueError):
+        local_infra.sasl_listener_properties(props, 9094, {"app": 'pw"; x'})
+
+
+def test_scram_users_are_created_when_storage_is_formatted() -> None:
+    args = local_infra.scram_format_args({"app": "pw1"})
+    assert args == [
+        "--add-scram", "SCRAM-SHA-256=[name=app,password=pw1]",
+        "--add-scram", "SCRAM-SHA-512=[name=app,password=pw1]",
+    ]  # fmt: skip
+    cmd = local_infra.kafka_format_command("java", Path("/l"), "id", Path("/s.props"), args)
+    assert cmd[-4:] == args
+    add = local_infra.scram_user_command(
+        "java", Path("/l"), "127.0.0.1:9092", "u", "p", "SCRAM-SHA-512"
+    )
+    assert "kafka.admin.ConfigCommand" in add and "SCRAM-SHA-512=[password=p]" in add
