@@ -129,6 +129,10 @@ async def ensure_topics(settings: Settings, names: Iterable[str], timeout: float
             for n in missing
         ]
         response = await admin.create_topics(new)
+        raced = [
+            t for t, code, *_ in response.topic_errors if code == TopicAlreadyExistsError.errno
+        ]
+        await _raise_message_limits(admin, raced, settings)  # created meanwhile, elsewhere
         refused = [
             (topic, code, rest[0] if rest and isinstance(rest[0], str) else None)
             for topic, code, *rest in response.topic_errors
@@ -171,6 +175,11 @@ async def _raise_message_limits(
     for response in await admin.describe_configs(resources):
         for resource in response.to_object()["resources"]:
             if resource["error_code"]:
+                log.warning(
+                    "cannot read the settings of %s (%s): max.message.bytes not checked",
+                    resource["resource_name"],
+                    for_code(resource["error_code"]).__name__,
+                )
                 continue
             overrides: dict[str, str] = {}
             current = None
@@ -194,4 +203,12 @@ async def _raise_message_limits(
                 MAX_MESSAGE_BYTES,
             )
     if changes:
-        await admin.alter_configs(changes)
+        for response in await admin.alter_configs(changes):
+            for resource in response.to_object()["resources"]:
+                if resource["error_code"]:
+                    error = for_code(resource["error_code"])
+                    raise TopicSetupError(
+                        f"could not raise max.message.bytes of {resource['resource_name']} "
+                        f"({error.__name__}: {resource['error_message'] or error.message}); "
+                        f"set it to {MAX_MESSAGE_BYTES} with kafka-configs"
+                    )
