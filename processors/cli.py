@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from processors import providers
+from processors import kafka_client, providers
 from processors.config import ConfigError, Settings
 from processors.ops import commands as ops_commands
 from processors.topics import STATUS, all_topics, ensure_topics
@@ -55,9 +55,7 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
             )
         except Exception as exc:  # Kafka may be down: webhooks then get 503 until it is back
             log.warning("could not create topics now (%s); continuing", exc)
-        read_model = (
-            ReadModel(settings.redis_url, settings.topic_prefix) if settings.api_token else None
-        )
+        read_model = ReadModel.from_settings(settings) if settings.api_token else None
         try:
             await serve(settings, sink, read_model)
         finally:
@@ -92,9 +90,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     loop.run_until_complete(ensure_topics(settings, all_topics(settings, providers.REGISTRY)))
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.http_host)
-    read_model = (
-        None if args.no_read_model else ReadModel(settings.redis_url, settings.topic_prefix)
-    )
+    read_model = None if args.no_read_model else ReadModel.from_settings(settings)
     app = build(settings, read_model)
     worker = faust.Worker(
         app, loop=loop, loglevel=settings.log_level, redirect_stdouts=False, quiet=True
@@ -110,7 +106,7 @@ def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
     async def main() -> None:
         consumer = AIOKafkaConsumer(
             settings.topic(STATUS),
-            bootstrap_servers=settings.kafka_bootstrap,
+            **kafka_client.client_kwargs(settings),
             auto_offset_reset="earliest" if args.from_beginning else "latest",
             enable_auto_commit=False,
         )
@@ -141,7 +137,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from processors.store.readmodel import ReadModel
 
     async def main() -> dict | None:
-        model = ReadModel(settings.redis_url, settings.topic_prefix)
+        model = ReadModel.from_settings(settings)
         try:
             return await model.get(args.message_key)
         finally:

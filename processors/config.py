@@ -56,6 +56,43 @@ _FIELD_NAME = re.compile(r"[a-z0-9_]{1,64}")
 
 Account = Mapping[str, str]
 EVENT_LOOPS = ("uvloop", "asyncio")
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _upper_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = (env.get(name) or "").strip().upper().replace("_", "-")
+    if not raw:
+        return default
+    for choice in choices:  # SASL_SSL is spelled with "_", SCRAM-SHA-256 with "-"
+        if raw == choice.replace("_", "-"):
+            return choice
+    raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {env.get(name)!r}")
+
+
+def _readable_file(env: Mapping[str, str], name: str) -> str | None:
+    """A path setting; refused at start when the file cannot be read (not at first use,
+    minutes later, inside a reconnect loop)."""
+    path = (env.get(name) or "").strip()
+    if not path:
+        return None
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{name}={path}: cannot read it ({exc.strerror})") from None
+    return path
 
 
 def _toml_type(value: Any) -> str:
@@ -214,12 +251,34 @@ class Settings:
     producer_batch_bytes: int = 512 * 1024
     api_token: str | None = None
     metrics_port: int = 6066
+    # Seconds between two reads of the consumer groups' lag (processors/ops/lag.py).
+    consumer_lag_interval: float = 15.0
     app_id: str = "msgstatus"
     produce_timeout: float = 5.0
     # The gateway's event loop (processors/eventloop.py): "uvloop" or "asyncio".
     gateway_event_loop: str = "asyncio"
     log_level: str = "WARNING"
-    secrets: Mapping[str, str] = field(default_factory=dict)
+    # Kafka transport security (processors/kafka_client.py builds every client from these).
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = field(default=None, repr=False)
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    kafka_ssl_key_password: str | None = field(default=None, repr=False)
+    kafka_ssl_check_hostname: bool = True
+    # Topics msgstatus creates: safe on a 3-broker cluster (one broker may be down and
+    # acks=all writes still succeed); the local single broker sets 1 / 1.
+    replication_factor: int = 3
+    min_insync_replicas: int = 2
+    # Redis auth and TLS; the URL may carry them too (rediss://user:password@host/0).
+    redis_username: str | None = None
+    redis_password: str | None = field(default=None, repr=False)
+    redis_ssl_ca_file: str | None = None
+    redis_ssl_cert_file: str | None = None
+    redis_ssl_key_file: str | None = None
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     # provider name -> its `[[providers.<name>.accounts]]` from the MSGSTATUS_CONFIG file
     accounts: Mapping[str, tuple[Account, ...]] = field(default_factory=dict)
     config_path: str | None = None
@@ -308,12 +367,40 @@ class Settings:
             ),
             api_token=env.get("MSGSTATUS_API_TOKEN") or None,
             metrics_port=_int(env, "MSGSTATUS_METRICS_PORT", d.metrics_port),
+            consumer_lag_interval=_float(
+                env, "MSGSTATUS_CONSUMER_LAG_INTERVAL", d.consumer_lag_interval
+            ),
             app_id=env.get("MSGSTATUS_APP_ID", d.app_id),
             produce_timeout=_float(env, "MSGSTATUS_PRODUCE_TIMEOUT", d.produce_timeout),
             gateway_event_loop=_choice(
                 env, "MSGSTATUS_GATEWAY_EVENT_LOOP", d.gateway_event_loop, EVENT_LOOPS
             ),
             log_level=env.get("MSGSTATUS_LOG_LEVEL", d.log_level).upper(),
+            kafka_security_protocol=_upper_choice(
+                env,
+                "MSGSTATUS_KAFKA_SECURITY_PROTOCOL",
+                d.kafka_security_protocol,
+                KAFKA_SECURITY_PROTOCOLS,
+            ),
+            kafka_sasl_mechanism=_upper_choice(
+                env, "MSGSTATUS_KAFKA_SASL_MECHANISM", d.kafka_sasl_mechanism, KAFKA_SASL_MECHANISMS
+            ),
+            kafka_sasl_username=env.get("MSGSTATUS_KAFKA_SASL_USERNAME") or None,
+            kafka_sasl_password=env.get("MSGSTATUS_KAFKA_SASL_PASSWORD") or None,
+            kafka_ssl_cafile=_readable_file(env, "MSGSTATUS_KAFKA_SSL_CAFILE"),
+            kafka_ssl_certfile=_readable_file(env, "MSGSTATUS_KAFKA_SSL_CERTFILE"),
+            kafka_ssl_keyfile=_readable_file(env, "MSGSTATUS_KAFKA_SSL_KEYFILE"),
+            kafka_ssl_key_password=env.get("MSGSTATUS_KAFKA_SSL_KEY_PASSWORD") or None,
+            kafka_ssl_check_hostname=_bool(
+                env, "MSGSTATUS_KAFKA_SSL_CHECK_HOSTNAME", d.kafka_ssl_check_hostname
+            ),
+            replication_factor=_int(env, "MSGSTATUS_REPLICATION_FACTOR", d.replication_factor),
+            min_insync_replicas=_int(env, "MSGSTATUS_MIN_INSYNC_REPLICAS", d.min_insync_replicas),
+            redis_username=env.get("MSGSTATUS_REDIS_USERNAME") or None,
+            redis_password=env.get("MSGSTATUS_REDIS_PASSWORD") or None,
+            redis_ssl_ca_file=_readable_file(env, "MSGSTATUS_REDIS_SSL_CA_FILE"),
+            redis_ssl_cert_file=_readable_file(env, "MSGSTATUS_REDIS_SSL_CERT_FILE"),
+            redis_ssl_key_file=_readable_file(env, "MSGSTATUS_REDIS_SSL_KEY_FILE"),
             secrets=secrets,
             accounts=load_accounts(config_path) if config_path else {},
             config_path=config_path,
@@ -334,4 +421,62 @@ class Settings:
         if settings.watermark_interval == 0:
             interval = max(0.2, min(1.0, settings.delivery_unknown_after / 30))
             settings = dataclasses.replace(settings, watermark_interval=interval)
+        if settings.consumer_lag_interval <= 0:
+            raise ConfigError("MSGSTATUS_CONSUMER_LAG_INTERVAL must be positive")
+        settings.check_transport()
         return settings
+
+    def check_transport(self) -> None:
+        """The Kafka/Redis security and replication settings fit together (ConfigError)."""
+        if self.replication_factor < 1:
+            raise ConfigError("MSGSTATUS_REPLICATION_FACTOR must be at least 1")
+        if not 1 <= self.min_insync_replicas <= self.replication_factor:
+            raise ConfigError(
+                f"MSGSTATUS_MIN_INSYNC_REPLICAS must be between 1 and "
+                f"MSGSTATUS_REPLICATION_FACTOR ({self.replication_factor}), "
+                f"got {self.min_insync_replicas}"
+            )
+        protocol = self.kafka_security_protocol
+        if protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ConfigError(
+                f"MSGSTATUS_KAFKA_SECURITY_PROTOCOL={protocol} needs "
+                "MSGSTATUS_KAFKA_SASL_USERNAME and MSGSTATUS_KAFKA_SASL_PASSWORD"
+            )
+        if not protocol.startswith("SASL") and self.kafka_sasl_username:
+            raise ConfigError(
+                f"MSGSTATUS_KAFKA_SASL_USERNAME is set but MSGSTATUS_KAFKA_SECURITY_PROTOCOL is "
+                f"{protocol}: set it to SASL_SSL (or SASL_PLAINTEXT) to authenticate"
+            )
+        tls_files = (self.kafka_ssl_cafile, self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
+        if any(tls_files) and not protocol.endswith("SSL"):
+            raise ConfigError(
+                f"MSGSTATUS_KAFKA_SSL_* files are set but MSGSTATUS_KAFKA_SECURITY_PROTOCOL is "
+                f"{protocol}: set it to SSL or SASL_SSL"
+            )
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            raise ConfigError(
+                "MSGSTATUS_KAFKA_SSL_CERTFILE and MSGSTATUS_KAFKA_SSL_KEYFILE go together "
+                "(a client certificate needs its key)"
+            )
+        if bool(self.redis_ssl_cert_file) != bool(self.redis_ssl_key_file):
+            raise ConfigError(
+                "MSGSTATUS_REDIS_SSL_CERT_FILE and MSGSTATUS_REDIS_SSL_KEY_FILE go together"
+            )
+        redis_tls = (self.redis_ssl_ca_file, self.redis_ssl_cert_file)
+        if any(redis_tls) and not self.redis_url.startswith("rediss://"):
+            raise ConfigError(
+                "MSGSTATUS_REDIS_SSL_* files are set but MSGSTATUS_REDIS_URL is not a "
+                "rediss:// URL (TLS)"
+            )
+
+
+# One development or test broker (deploy/local, the test suite, the bench) cannot
+# replicate: topics there get replication factor 1 and min.insync.replicas 1.
+SINGLE_BROKER_ENV = {"MSGSTATUS_REPLICATION_FACTOR": "1", "MSGSTATUS_MIN_INSYNC_REPLICAS": "1"}
+
+
+def single_broker(**values: Any) -> Settings:
+    """Settings for a one-broker cluster (replication 1/1), other fields as given."""
+    return Settings(replication_factor=1, min_insync_replicas=1, **values)

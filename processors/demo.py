@@ -24,7 +24,7 @@ from typing import Any, TextIO
 import aiohttp
 import orjson
 
-from processors import traffic
+from processors import kafka_client, traffic
 from processors.config import Settings
 from processors.model import ENGAGEMENT
 from processors.topics import STATUS
@@ -165,7 +165,7 @@ async def _consume(
 
     consumer = AIOKafkaConsumer(
         settings.topic(STATUS),
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_client.client_kwargs(settings),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )

@@ -1,4 +1,4 @@
-"""Session-wide real infrastructure: a KRaft Kafka broker and a redis-server.
+"""Session-wide real infrastructure: a KRaft Kafka broker, a redis-server, Prometheus.
 
 Both start lazily (only when a test asks for them), on free 127.0.0.1 ports, and are
 stopped at session end, at interpreter exit, and (via PR_SET_PDEATHSIG) even if
@@ -21,10 +21,12 @@ from support.infra import (  # noqa: E402
     ExternalKafka,
     ExternalRedis,
     KafkaBroker,
+    PrometheusServer,
     RedisServer,
     external_kafka,
     external_redis,
     start_kafka,
+    start_prometheus,
     start_redis,
     unique_prefix,
 )
@@ -52,6 +54,17 @@ def redis_server(
     if external is not None:
         return external
     server = start_redis(tmp_path_factory.mktemp("redis"))
+    request.addfinalizer(server.stop)
+    return server
+
+
+@pytest.fixture(scope="session")
+def prometheus(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> PrometheusServer:
+    """A ready Prometheus (Debian's package) for the session; point it at what a test
+    runs with ``.configure(config)``, ask it with ``.query(expr)``."""
+    server = start_prometheus(tmp_path_factory.mktemp("prometheus"))
     request.addfinalizer(server.stop)
     return server
 

@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -23,6 +24,9 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -199,29 +203,92 @@ def ensure_java() -> str:
     return java
 
 
-def ensure_redis_server() -> str:
-    """Return the ``redis-server`` executable, installing Debian's package if missing."""
-    found = shutil.which("redis-server")
+POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
+
+
+@contextlib.contextmanager
+def _no_service_starts() -> Iterator[None]:
+    """Keep dpkg from starting the packages' system services while we install them.
+
+    Debian's redis-server and prometheus packages start a system service on install
+    (redis on 127.0.0.1:6379, the port `infra.py up` wants; Prometheus on *:9090 scraping
+    a node exporter); we only want the binaries. policy-rc.d exit 101 = "not allowed",
+    the convention container images use. An existing policy file is left alone.
+    """
+    if POLICY_RC_D.exists():
+        yield
+        return
+    try:
+        POLICY_RC_D.write_text(
+            "#!/bin/sh\n# written by msgstatus deploy/local/infra.py\nexit 101\n"
+        )
+        POLICY_RC_D.chmod(0o755)
+    except OSError:  # not root: apt-get would fail anyway, with its own message
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            POLICY_RC_D.unlink()
+
+
+def _installed(binary: str) -> str | None:
+    found = shutil.which(binary)
     if found:
         return found
+    candidate = f"/usr/bin/{binary}"
+    return candidate if os.access(candidate, os.X_OK) else None
+
+
+def apt_install(package: str, binaries: Sequence[str]) -> dict[str, str]:
+    """Install Debian's ``package`` (no recommends, no service start) unless every one of
+    ``binaries`` is already on PATH; return their paths.
+
+    Only root can install: anyone else gets the command to run instead.
+    """
+    found = {name: _installed(name) for name in binaries}
+    if all(found.values()):
+        return {name: path for name, path in found.items() if path}
+    missing = ", ".join(name for name, path in found.items() if not path)
+    how = f"`sudo apt-get install -y --no-install-recommends {package}`"
     apt = shutil.which("apt-get")
     if apt is None:
-        raise RuntimeError("'redis-server' is not on PATH and apt-get is unavailable")
+        raise RuntimeError(f"{missing} not on PATH and apt-get is unavailable; install {package}")
+    if os.geteuid() != 0:
+        raise RuntimeError(
+            f"{missing} not on PATH; installing Debian's {package} package needs root: run {how} "
+            "(or `make test` as root)"
+        )
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in ([apt, "update"], [apt, "install", "-y", "redis-server"]):
-        _say("running " + " ".join(cmd))
-        result = subprocess.run(cmd, env=env, stdout=sys.stderr, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"installing redis-server failed: `{' '.join(cmd)}` exited "
-                f"{result.returncode}; install it manually (`apt-get install -y redis-server`)"
-            )
-    found = shutil.which("redis-server") or (
-        "/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK) else None
-    )
-    if found is None:
-        raise RuntimeError("redis-server was installed but is still not on PATH")
-    return found
+    with _no_service_starts():
+        for cmd in (
+            [apt, "update"],
+            [apt, "install", "-y", "--no-install-recommends", package],
+        ):
+            _say("running " + " ".join(cmd))
+            result = subprocess.run(cmd, env=env, stdout=sys.stderr, check=False)
+            if result.returncode != 0:
+                raise RuntimeError(
+                    f"installing {package} failed: `{' '.join(cmd)}` exited "
+                    f"{result.returncode}; install it manually ({how})"
+                )
+    found = {name: _installed(name) for name in binaries}
+    still = [name for name, path in found.items() if not path]
+    if still:
+        raise RuntimeError(f"{package} was installed but {', '.join(still)} is still not on PATH")
+    return {name: path for name, path in found.items() if path}
+
+
+def ensure_redis_server() -> str:
+    """Return the ``redis-server`` executable, installing Debian's package if missing."""
+    return apt_install("redis-server", ["redis-server"])["redis-server"]
+
+
+def ensure_prometheus() -> tuple[str, str]:
+    """Return ``(prometheus, promtool)``, installing Debian's package (it has both)."""
+    found = apt_install("prometheus", ["prometheus", "promtool"])
+    return found["prometheus"], found["promtool"]
 
 
 # --------------------------------------------------------------------------- config rendering
@@ -271,6 +338,49 @@ def kafka_server_properties(port: int, controller_port: int, data_dir: Path) -> 
     }
 
 
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_SASL_NAME = "SASL_PLAINTEXT"
+
+
+def sasl_listener_properties(
+    props: Mapping[str, str], sasl_port: int, users: Mapping[str, str]
+) -> dict[str, str]:
+    """``props`` plus a SASL_PLAINTEXT client listener on 127.0.0.1:``sasl_port``
+    accepting PLAIN and SCRAM-SHA-256/512 for ``users`` (name -> password).
+
+    The broker talks to itself over PLAINTEXT; the SCRAM credentials live in the cluster
+    metadata (``kafka_format_command`` adds them; ``KafkaBroker.add_scram_user`` later).
+    No authorizer: this checks authentication, the part msgstatus' clients configure.
+    """
+    for name, password in users.items():
+        if not name.isidentifier() or not password.isalnum():
+            raise ValueError("SASL test users: identifier names and alphanumeric passwords")
+    out = dict(props)
+    out["listeners"] += f",{_SASL_NAME}://{HOST}:{sasl_port}"
+    out["advertised.listeners"] += f",{_SASL_NAME}://{HOST}:{sasl_port}"
+    out["listener.security.protocol.map"] += f",{_SASL_NAME}:{_SASL_NAME}"
+    out["sasl.enabled.mechanisms"] = ",".join(SASL_MECHANISMS)
+    plain_users = " ".join(f'user_{name}="{password}"' for name, password in users.items())
+    prefix = f"listener.name.{_SASL_NAME.lower()}"
+    out[f"{prefix}.plain.sasl.jaas.config"] = (
+        f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};"
+    )
+    for mechanism in SASL_MECHANISMS[1:]:
+        out[f"{prefix}.{mechanism.lower()}.sasl.jaas.config"] = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        )
+    return out
+
+
+def scram_format_args(users: Mapping[str, str]) -> list[str]:
+    """``kafka-storage format --add-scram`` arguments: every user, both SCRAM mechanisms."""
+    args: list[str] = []
+    for name, password in users.items():
+        for mechanism in SASL_MECHANISMS[1:]:
+            args += ["--add-scram", f"{mechanism}=[name={name},password={password}]"]
+    return args
+
+
 def render_properties(props: Mapping[str, str], header: str = "") -> str:
     """Java ``.properties`` text; escapes backslashes so paths survive."""
     lines = [f"# {line}" for line in header.splitlines()]
@@ -309,12 +419,29 @@ def kafka_java_command(
 
 
 def kafka_format_command(
-    java: str, libs: Path, cluster_id: str, server_properties: Path
+    java: str,
+    libs: Path,
+    cluster_id: str,
+    server_properties: Path,
+    extra: Sequence[str] = (),
 ) -> list[str]:
-    """The one-time KRaft storage format command."""
+    """The one-time KRaft storage format command (``extra``: e.g. ``--add-scram`` users)."""
     return [
         java, "-Xmx256m", "-XX:+UseSerialGC", "-cp", f"{libs}/*",
         "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(server_properties),
+        *extra,
+    ]  # fmt: skip
+
+
+def scram_user_command(
+    java: str, libs: Path, bootstrap: str, name: str, password: str, mechanism: str
+) -> list[str]:
+    """kafka-configs: add or change a SCRAM user on a running cluster."""
+    return [
+        java, "-Xmx256m", "-XX:+UseSerialGC", "-cp", f"{libs}/*",
+        "kafka.admin.ConfigCommand", "--bootstrap-server", bootstrap, "--alter",
+        "--add-config", f"{mechanism}=[password={password}]",
+        "--entity-type", "users", "--entity-name", name,
     ]  # fmt: skip
 
 
@@ -663,10 +790,15 @@ class KafkaBroker(_ManagedProcess):
         *,
         libs_dir: Path | None = None,
         die_with_parent: bool = False,
+        sasl_port: int | None = None,
+        sasl_users: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(data_dir, die_with_parent)
         self.port = port
         self.controller_port = controller_port
+        # Optional SASL_PLAINTEXT listener for clients (PLAIN, SCRAM-SHA-256/512).
+        self.sasl_port = sasl_port
+        self.sasl_users = dict(sasl_users or {})
         self.heap = heap
         self._libs_dir = libs_dir
         self.server_properties = self.data_dir / "server.properties"
@@ -680,8 +812,30 @@ class KafkaBroker(_ManagedProcess):
         return f"{HOST}:{self.port}"
 
     @property
+    def sasl_bootstrap(self) -> str:
+        """``bootstrap_servers`` of the SASL listener (needs ``sasl_port``)."""
+        if self.sasl_port is None:
+            raise RuntimeError("this broker has no SASL listener")
+        return f"{HOST}:{self.sasl_port}"
+
+    @property
     def log_dir(self) -> Path:
         return self.data_dir / "kafka-logs"
+
+    def add_scram_user(self, name: str, password: str, mechanism: str = "SCRAM-SHA-512") -> None:
+        """Create or update a SCRAM user on the running broker (kafka-configs)."""
+        if mechanism not in SASL_MECHANISMS[1:]:
+            raise ValueError(f"not a SCRAM mechanism: {mechanism}")
+        cmd = scram_user_command(
+            ensure_java(), self._libs(), self.bootstrap, name, password, mechanism
+        )
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"adding SCRAM user {name!r} failed (exit {result.returncode}):\n"
+                f"{(result.stdout + result.stderr)[-2000:]}"
+            )
+        self.sasl_users[name] = password
 
     def answers(self) -> bool:
         return kafka_answers(HOST, self.port)
@@ -695,18 +849,26 @@ class KafkaBroker(_ManagedProcess):
         return self._libs_dir
 
     def _prepare(self) -> None:
-        for port in (self.port, self.controller_port):
-            if port_in_use(port):
+        for port in (self.port, self.controller_port, self.sasl_port):
+            if port is not None and port_in_use(port):
                 raise RuntimeError(f"cannot start Kafka: 127.0.0.1:{port} is already in use")
         java = ensure_java()
         libs = self._libs()
         props = kafka_server_properties(self.port, self.controller_port, self.data_dir)
+        if self.sasl_port is not None:
+            props = sasl_listener_properties(props, self.sasl_port, self.sasl_users)
         self.server_properties.write_text(
             render_properties(props, header="generated by deploy/local/infra.py")
         )
         self.log4j_properties.write_text(kafka_log4j_properties(self.log_file))
         if not (self.log_dir / "meta.properties").exists():
-            cmd = kafka_format_command(java, libs, new_cluster_id(), self.server_properties)
+            cmd = kafka_format_command(
+                java,
+                libs,
+                new_cluster_id(),
+                self.server_properties,
+                scram_format_args(self.sasl_users) if self.sasl_port is not None else (),
+            )
             result = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if result.returncode != 0:
                 raise RuntimeError(
@@ -771,6 +933,121 @@ class RedisServer(_ManagedProcess):
 
     def _command(self) -> list[str]:
         return redis_command(self._binary or ensure_redis_server(), self.port, self.data_dir)
+
+
+def prometheus_command(
+    prometheus: str, port: int, config_file: Path, data_dir: Path, retention: str = "1d"
+) -> list[str]:
+    """Prometheus flags: loopback only, own TSDB dir, reload endpoint for test configs."""
+    return [
+        prometheus, f"--config.file={config_file}",
+        f"--storage.tsdb.path={data_dir / 'tsdb'}",
+        f"--storage.tsdb.retention.time={retention}",
+        f"--web.listen-address={HOST}:{port}",
+        "--web.enable-lifecycle", "--log.level=warn",
+    ]  # fmt: skip
+
+
+def prometheus_answers(host: str, port: int, timeout: float = 2.0) -> bool:
+    """True if Prometheus there says it is ready (``GET /-/ready`` answers 200)."""
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/-/ready", timeout=timeout) as answer:
+            return bool(answer.status == 200)
+    except (OSError, ValueError):
+        return False
+
+
+class PrometheusServer(_ManagedProcess):
+    """Debian's ``prometheus`` on 127.0.0.1 with a config we write (JSON is YAML).
+
+    ``configure()`` replaces the config of a running server and reloads it, so one
+    server can scrape what each test starts; ``query()`` runs an instant query.
+    """
+
+    name = "prometheus"
+
+    def __init__(
+        self,
+        port: int,
+        data_dir: Path | str,
+        config: Mapping[str, object] | None = None,
+        *,
+        die_with_parent: bool = False,
+    ) -> None:
+        super().__init__(data_dir, die_with_parent)
+        self.port = port
+        self.config_file = self.data_dir / "prometheus.yml"
+        self._config: Mapping[str, object] = config or {"global": {"scrape_interval": "15s"}}
+        self._binary: str | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL of the HTTP API and UI."""
+        return f"http://{HOST}:{self.port}"
+
+    def answers(self) -> bool:
+        return prometheus_answers(HOST, self.port)
+
+    def _owns_cmdline(self, cmdline: str) -> bool:
+        return "prometheus" in cmdline and f"{HOST}:{self.port}" in cmdline
+
+    def _write_config(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.config_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._config, indent=2) + "\n")
+        os.replace(tmp, self.config_file)
+
+    def _prepare(self) -> None:
+        if port_in_use(self.port):
+            raise RuntimeError(f"cannot start Prometheus: 127.0.0.1:{self.port} is already in use")
+        self._binary = ensure_prometheus()[0]
+        self._write_config()
+
+    def _command(self) -> list[str]:
+        binary = self._binary or ensure_prometheus()[0]
+        return prometheus_command(binary, self.port, self.config_file, self.data_dir)
+
+    def configure(self, config: Mapping[str, object], timeout: float = 10) -> None:
+        """Write ``config`` and make the running server load it (``POST /-/reload``).
+
+        Prometheus answers the reload with an error when the config does not load; that
+        error is raised here with its message.
+        """
+        self._config = config
+        self._write_config()
+        request = urllib.request.Request(f"{self.url}/-/reload", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout):
+                return
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace").strip()
+            raise RuntimeError(f"Prometheus refused the config: {detail}") from None
+
+    def api(
+        self, path: str, params: Mapping[str, str] | None = None, timeout: float = 10
+    ) -> object:
+        """GET ``/api/v1/<path>`` and return its ``data``; RuntimeError with Prometheus'
+        own error text otherwise (a bad query is a 400 with ``error``)."""
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v1/{path}{query}", timeout=timeout) as a:
+                body = json.loads(a.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                body = json.loads(exc.read())
+            except ValueError:
+                raise RuntimeError(f"Prometheus answered {exc.code} to {path}") from None
+        if body.get("status") != "success":
+            raise RuntimeError(f"{path}: {body.get('errorType')}: {body.get('error')}")
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, object]]:
+        """An instant query's result as a list of series (a scalar becomes one entry)."""
+        data = self.api("query", {"query": expr})
+        assert isinstance(data, dict)
+        if data["resultType"] in ("scalar", "string"):
+            return [{"metric": {}, "value": data["result"]}]
+        return list(data["result"])
 
 
 # --------------------------------------------------------------------------- CLI
@@ -892,12 +1169,15 @@ def cmd_prepare(cfg: InfraConfig) -> int:
         libs = ensure_kafka_jars()
         java = ensure_java()
         redis_server = ensure_redis_server()
+        prometheus, promtool = ensure_prometheus()
     except (RuntimeError, OSError) as exc:
         print(f"infra prepare failed: {exc}", file=sys.stderr)
         return 1
     print(f"kafka jars: {libs}")
     print(f"java: {java}")
     print(f"redis-server: {redis_server}")
+    print(f"prometheus: {prometheus}")
+    print(f"promtool: {promtool}")
     print(f"infra prepared in {time.monotonic() - began:.1f}s (nothing started)")
     return 0
 
@@ -915,7 +1195,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Local Kafka (KRaft) + Redis on 127.0.0.1 for development and tests.",
         epilog=(
-            "prepare: fetch the Kafka jars, check java, install redis-server; start nothing. "
+            "prepare: fetch the Kafka jars, check java, install redis-server and prometheus "
+            "(with promtool); start nothing. "
             f"env: {ENV_KAFKA_PORT} (9092), {ENV_KAFKA_CONTROLLER_PORT} (9093), "
             f"{ENV_REDIS_PORT} (6379), {ENV_INFRA_DIR} (./var/infra), "
             f"{ENV_KAFKA_HEAP} (384m), {ENV_CACHE_DIR} (~/.cache/msgstatus)"

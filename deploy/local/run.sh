@@ -34,6 +34,9 @@ export MSGSTATUS_HTTP_HOST="${MSGSTATUS_HTTP_HOST:-127.0.0.1}"
 export MSGSTATUS_HTTP_PORT="${MSGSTATUS_HTTP_PORT:-8080}"
 export MSGSTATUS_METRICS_PORT="${MSGSTATUS_METRICS_PORT:-6066}"
 export MSGSTATUS_TOPIC_PREFIX="${MSGSTATUS_TOPIC_PREFIX-demo-$(date +%Y%m%d-%H%M%S).}"
+# The local broker is a single node: topics cannot be replicated (production default 3/2).
+export MSGSTATUS_REPLICATION_FACTOR="${MSGSTATUS_REPLICATION_FACTOR:-1}"
+export MSGSTATUS_MIN_INSYNC_REPLICAS="${MSGSTATUS_MIN_INSYNC_REPLICAS:-1}"
 # Worker state (RocksDB) per set of topics: Faust names its table files after the table
 # only, and state left by other topics makes the worker stop with a ConsistencyError.
 state_name=${MSGSTATUS_TOPIC_PREFIX%.}

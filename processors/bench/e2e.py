@@ -38,6 +38,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from processors.bench import gateway as gw
+from processors.bench.workload import local_broker
 
 FULL = {"rate": 2000, "duration": 60.0}
 QUICK = {"rate": 200, "duration": 5.0}
@@ -70,7 +71,7 @@ class StatusReader:
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.consumer = AIOKafkaConsumer(
             topic,
-            bootstrap_servers=bootstrap,
+            **local_broker(bootstrap),
             auto_offset_reset="earliest",
             enable_auto_commit=False,
             max_partition_fetch_bytes=4 * 1024 * 1024,

@@ -43,6 +43,8 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer
 
+from processors.bench.workload import local_broker
+from processors.config import SINGLE_BROKER_ENV
 from processors.providers import twilio
 
 PUBLIC_URL = "https://hooks.msgstatus-bench.example"  # what the callbacks are signed for
@@ -174,6 +176,7 @@ def bench_env(bootstrap: str, prefix: str, data_dir: Path, **extra: str) -> dict
             "MSGSTATUS_LOG_LEVEL": "WARNING",
             "MSGSTATUS_HTTP_HOST": "127.0.0.1",
             "PYTHONUNBUFFERED": "1",
+            **SINGLE_BROKER_ENV,
         }
     )
     env.update(extra)
@@ -444,7 +447,7 @@ async def aiohttp_run(url: str, data: Path, warmup: float, duration: float) -> d
 
 async def topic_records(bootstrap: str, topic: str) -> int:
     """Records in `topic` now: sum over partitions of end offset - beginning offset."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(topic, **local_broker(bootstrap), enable_auto_commit=False)
     await consumer.start()
     try:
         deadline = time.monotonic() + 10

@@ -20,7 +20,8 @@ from typing import Any
 
 import faust
 
-from processors import providers
+from processors import kafka_client, providers
+from processors.config import single_broker
 from processors.ingest import raw
 from processors.providers import REGISTRY
 from processors.stream import cloudevents
@@ -82,7 +83,7 @@ def main() -> None:
     mode = sys.argv[4] if len(sys.argv) > 4 else "forward"
     app = faust.App(
         f"{prefix}naive-{mode}",
-        broker=f"kafka://{bootstrap}",
+        **kafka_client.faust_kwargs(single_broker(kafka_bootstrap=bootstrap)),
         store="rocksdb://",
         datadir=datadir,
         topic_replication_factor=1,

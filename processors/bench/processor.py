@@ -27,7 +27,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from processors.bench import workload as wl
-from processors.config import Settings
+from processors.bench.workload import local_broker
+from processors.config import SINGLE_BROKER_ENV, single_broker
 from processors.providers import REGISTRY
 from processors.topics import all_topics, ensure_topics
 
@@ -39,7 +40,7 @@ def log(message: str) -> None:
 
 
 async def _ends(bootstrap: str, topics: list[str]) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(**local_broker(bootstrap))
     await consumer.start()
     try:
         tps = [
@@ -60,7 +61,7 @@ async def _parts(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
 async def _committed(bootstrap: str, group: str) -> dict[TopicPartition, int]:
     """A group's committed offsets; {} while its coordinator is not ready (a fresh broker
     creates `__consumer_offsets` on first use and answers "not available" meanwhile)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**local_broker(bootstrap))
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)
@@ -77,7 +78,7 @@ async def _output_span(bootstrap: str, topic: str) -> tuple[int, float, float]:
     """Count and first/last CreateTime (s) of a topic's records."""
     ends = await _ends(bootstrap, [topic])
     total = sum(ends.values())
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**local_broker(bootstrap), enable_auto_commit=False)
     await consumer.start()
     first, last = float("inf"), 0.0
     try:
@@ -125,7 +126,7 @@ async def _wait_consumed(
 async def drop_topics(bootstrap: str, prefix: str) -> int:
     """Delete a section's topics so the next section gets a broker without its backlog
     (1M-record logs, changelogs being compacted) competing for the 2 cores."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**local_broker(bootstrap))
     await admin.start()
     try:
         names = [t for t in await admin.list_topics() if t.startswith(prefix)]
@@ -202,14 +203,14 @@ async def passthrough(bootstrap: str, topics: list[str], sink: str, total: int) 
     """Bare aiokafka: consume every raw record and produce it again (acks=all)."""
     consumer = AIOKafkaConsumer(
         *topics,
-        bootstrap_servers=bootstrap,
+        **local_broker(bootstrap),
         group_id=f"pt-{uuid.uuid4().hex[:6]}",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         max_partition_fetch_bytes=4 << 20,
     )
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **local_broker(bootstrap),
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
@@ -252,7 +253,7 @@ async def run(
     if quick:
         messages, records = 1_000, 10_000
     prefix = f"b{uuid.uuid4().hex[:6]}."
-    settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix, partitions=4)
+    settings = single_broker(kafka_bootstrap=bootstrap, topic_prefix=prefix, partitions=4)
     await ensure_topics(settings, all_topics(settings, REGISTRY))
     log(f"building {records} raw records for {messages} messages")
     work = wl.build(settings, messages, records)
@@ -268,7 +269,7 @@ async def run(
     }
 
     log("baseline: aiokafka passthrough")
-    await ensure_topics(Settings(kafka_bootstrap=bootstrap, partitions=4), [f"{prefix}pt.out"])
+    await ensure_topics(single_broker(kafka_bootstrap=bootstrap, partitions=4), [f"{prefix}pt.out"])
     result["passthrough"] = await passthrough(bootstrap, raw_topics, f"{prefix}pt.out", total)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MSGSTATUS_")}
@@ -311,6 +312,7 @@ async def run(
         "MSGSTATUS_DATA_DIR": str(workdir / "worker"),
         "MSGSTATUS_METRICS_PORT": "0",
         "MSGSTATUS_LOG_LEVEL": "WARNING",
+        **SINGLE_BROKER_ENV,
     }
     worker = _spawn(
         [sys.executable, "-m", "processors.cli", "worker", "--no-read-model"],

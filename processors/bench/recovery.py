@@ -21,8 +21,10 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from processors import kafka_client
 from processors.bench.processor import _spawn, _stop, log
-from processors.config import Settings
+from processors.bench.workload import local_broker
+from processors.config import SINGLE_BROKER_ENV, Settings, single_broker
 from processors.ingest import raw
 from processors.providers import REGISTRY
 from processors.providers.base import WebhookRequest
@@ -66,7 +68,7 @@ async def fill(settings: Settings, messages: int, provider: str = "twilio") -> f
     topics = [f"{app_id}-ordering-changelog", f"{app_id}-emitter-changelog"]
     await ensure_topics(settings, topics)
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_client.client_kwargs(settings),
         acks="all",
         enable_idempotence=True,
         linger_ms=20,
@@ -99,7 +101,7 @@ async def fill(settings: Settings, messages: int, provider: str = "twilio") -> f
 async def _probe_seen(settings: Settings, key: str, deadline: float) -> bool:
     consumer = AIOKafkaConsumer(
         settings.topic("message.status"),
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_client.client_kwargs(settings),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
@@ -122,7 +124,7 @@ async def run(
     if quick:
         messages = 20_000
     prefix = f"r{uuid.uuid4().hex[:6]}."
-    settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix, partitions=4)
+    settings = single_broker(kafka_bootstrap=bootstrap, topic_prefix=prefix, partitions=4)
     await ensure_topics(settings, all_topics(settings, REGISTRY))
     log(f"recovery: writing the state of {messages} messages to the changelogs")
     fill_seconds = await fill(settings, messages)
@@ -139,7 +141,7 @@ async def run(
         time.time(),
     )
     record = raw.encode(settings.topic("raw.events"), webhook, ())
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**local_broker(bootstrap), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         await producer.send_and_wait(
@@ -154,6 +156,7 @@ async def run(
             "MSGSTATUS_TOPIC_PREFIX": prefix,
             "MSGSTATUS_DATA_DIR": str(workdir / f"recovery-{prefix}"),
             "MSGSTATUS_METRICS_PORT": "0",
+            **SINGLE_BROKER_ENV,
         }
     )
     log("recovery: starting a worker on an empty disk")

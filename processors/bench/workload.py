@@ -9,11 +9,12 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from processors import traffic
-from processors.config import Settings
+from processors import kafka_client, traffic
+from processors.config import Settings, single_broker
 from processors.ingest import raw
 from processors.providers import REGISTRY
 from processors.providers.base import WebhookRequest
@@ -68,10 +69,16 @@ def build(settings: Settings, messages: int, target_records: int, seed: int = 9)
     return Workload(records, messages, statuses)
 
 
+def local_broker(bootstrap: str) -> dict[str, Any]:
+    """aiokafka arguments for the bench's own plaintext broker, built like every client's
+    (processors/kafka_client.py)."""
+    return kafka_client.client_kwargs(single_broker(kafka_bootstrap=bootstrap))
+
+
 async def produce(bootstrap: str, records: list[raw.RawRecord]) -> float:
     """Write every record (acks=all); returns seconds taken."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **local_broker(bootstrap),
         acks="all",
         enable_idempotence=True,
         linger_ms=20,

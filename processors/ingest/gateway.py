@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from processors import providers
+from processors import dependencies, providers
 from processors.config import Settings
 from processors.ingest import raw
 from processors.ingest.producer import KafkaUnavailable, RawSink
@@ -186,7 +186,14 @@ class Gateway:
         return error(503, "Kafka is unreachable", **{"Retry-After": RETRY_AFTER_SECONDS})
 
     async def metrics(self, request: web.Request) -> web.Response:
+        await dependencies.check(self._dependency_probes())
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def _dependency_probes(self) -> dict[str, dependencies.Probe]:
+        probes = {dependencies.KAFKA: self.sink.ready}
+        if self.read_model is not None:
+            probes[dependencies.REDIS] = self.read_model.ping
+        return probes
 
     async def meta_handshake(self, request: web.Request) -> web.Response:
         meta = providers.get("meta")

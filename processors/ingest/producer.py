@@ -23,6 +23,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from processors import kafka_client
 from processors.config import Settings
 from processors.ingest.raw import RawRecord
 
@@ -149,7 +150,7 @@ class KafkaRawSink:
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
-            bootstrap_servers=self._settings.kafka_bootstrap,
+            **kafka_client.client_kwargs(self._settings),
             acks="all",
             enable_idempotence=True,
             linger_ms=1,

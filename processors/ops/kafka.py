@@ -13,21 +13,29 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from processors import kafka_client
+from processors.config import Settings
+
 
 class OpsError(Exception):
     """A failure to report to the operator (exit status 1)."""
 
 
 async def connect(
-    bootstrap: str, produce: bool = True
+    settings: Settings, produce: bool = True
 ) -> tuple[AIOKafkaConsumer, AIOKafkaProducer | None]:
     """A consumer, and a producer only when something will be written."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        **kafka_client.client_kwargs(settings),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
     )
     producer = (
         AIOKafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+            **kafka_client.client_kwargs(settings),
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
         )
         if produce
         else None
@@ -40,7 +48,8 @@ async def connect(
         await consumer.stop()
         if producer is not None:
             await producer.stop()
-        raise OpsError(f"cannot reach Kafka at {bootstrap}: {type(exc).__name__}") from None
+        where = kafka_client.describe(settings)
+        raise OpsError(f"cannot reach Kafka at {where}: {type(exc).__name__}") from None
     return consumer, producer
 
 

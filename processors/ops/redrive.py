@@ -59,7 +59,7 @@ def plan(letters: list[dict[str, Any]], ids: list[str] | None) -> Plan:
 
 
 async def read_letters(settings: Settings) -> list[dict[str, Any]]:
-    consumer, _ = await connect(settings.kafka_bootstrap, produce=False)
+    consumer, _ = await connect(settings, produce=False)
     letters = []
     try:
         tps = await partitions(consumer, [settings.topic(DEADLETTER)])
@@ -83,7 +83,7 @@ async def read_letters(settings: Settings) -> list[dict[str, Any]]:
 
 async def refeed(settings: Settings, sources: dict[TopicPartition, set[int]]) -> dict[str, Any]:
     """Append a copy of each named raw record; reports the ones retention already removed."""
-    consumer, producer = await connect(settings.kafka_bootstrap)
+    consumer, producer = await connect(settings)
     assert producer is not None
     copied, gone = 0, []
     try:

@@ -95,7 +95,7 @@ class Summary:
 
 
 async def replay(settings: Settings, chosen: Selection, dry_run: bool) -> Summary:
-    consumer, producer = await connect(settings.kafka_bootstrap, produce=not dry_run)
+    consumer, producer = await connect(settings, produce=not dry_run)
     summary = Summary(dry_run, {t: 0 for t in chosen.topics})
     try:
         tps = await partitions(consumer, chosen.topics)

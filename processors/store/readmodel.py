@@ -14,6 +14,8 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from processors.config import Settings
+
 log = logging.getLogger(__name__)
 
 # Replace the document only when its sequence is not older than the stored one.
@@ -29,11 +31,44 @@ class ReadModelUnavailable(Exception):
     pass
 
 
+def connection_kwargs(settings: Settings) -> dict[str, Any]:
+    """Auth and TLS for redis-py beyond what MSGSTATUS_REDIS_URL says: an ACL user and
+    password kept out of the URL, and for rediss:// URLs the CA and client certificate
+    (certificates are always verified)."""
+    kwargs: dict[str, Any] = {}
+    if settings.redis_username:
+        kwargs["username"] = settings.redis_username
+    if settings.redis_password:
+        kwargs["password"] = settings.redis_password
+    if settings.redis_url.startswith("rediss://"):
+        kwargs["ssl_cert_reqs"] = "required"
+        if settings.redis_ssl_ca_file:
+            kwargs["ssl_ca_certs"] = settings.redis_ssl_ca_file
+        if settings.redis_ssl_cert_file:
+            kwargs["ssl_certfile"] = settings.redis_ssl_cert_file
+            kwargs["ssl_keyfile"] = settings.redis_ssl_key_file
+    return kwargs
+
+
 class ReadModel:
-    def __init__(self, url: str, prefix: str = "") -> None:
-        self._redis = aioredis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    def __init__(self, url: str, prefix: str = "", **connection: Any) -> None:
+        self._redis = aioredis.from_url(
+            url, socket_timeout=2.0, socket_connect_timeout=2.0, **connection
+        )
         self._prefix = f"{prefix}msgstatus:"
         self._set_if_newer = self._redis.register_script(_SET_IF_NEWER)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ReadModel:
+        """The read model as configured: MSGSTATUS_REDIS_URL plus its auth and TLS."""
+        return cls(settings.redis_url, settings.topic_prefix, **connection_kwargs(settings))
+
+    async def ping(self) -> bool:
+        """True when Redis answers (for the dependency metric); never raises."""
+        try:
+            return bool(await self._redis.ping())
+        except (RedisError, OSError):
+            return False
 
     def _doc_key(self, message_key: str) -> str:
         return f"{self._prefix}msg:{message_key}"

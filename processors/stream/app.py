@@ -29,8 +29,10 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from mode import CrashingSupervisor
 
-from processors import providers
+from processors import dependencies, kafka_client, providers
 from processors.config import Settings
+from processors.model import FAILURES
+from processors.ops import lag
 from processors.store.readmodel import ReadModel, ReadModelUnavailable
 from processors.stream import deadlines, faults, fence, markers, metrics, patches
 from processors.stream.emission import Emitter, Policy
@@ -167,11 +169,11 @@ def build(
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         app_id,
-        broker=f"kafka://{settings.kafka_bootstrap}",
+        **kafka_client.faust_kwargs(settings),
         store="rocksdb://",
         datadir=str(datadir),
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.replication_factor,
         producer_acks=-1,
         # Canonical and transitions records carry up to 500 events (~100 KB): with
         # aiokafka's 16 KB default each is a batch of its own, and the next send to that
@@ -387,16 +389,26 @@ def build(
             return logic.on_marker(bound, msg.offset, ts)
         return logic.on_transitions(body["items"], msg.offset, ts)
 
+    def count_emitted(events: list[tuple[str, dict[str, Any]]]) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        for _, ce in events:
+            data = ce["data"]
+            label = (data["status"], data["provider"])
+            counts[label] = counts.get(label, 0) + 1
+            if data["status"] in FAILURES and data.get("error"):
+                category = data["error"].get("category") or "unknown"
+                metrics.FAILURES.labels(data["provider"], data["status"], category).inc()
+            elif data["status"] in FAILURES:
+                metrics.FAILURES.labels(data["provider"], data["status"], "unknown").inc()
+        for (status_word, provider), n in counts.items():
+            metrics.EMITTED.labels(status_word, provider).inc(n)
+
     async def publish(out: Any, msg: Any, token: Token, pending: int) -> None:
         if out.events:
             records = [(key.encode(), orjson.dumps(ce)) for key, ce in out.events]
             unit = Unit(records, token, atomic=False, kind="output")
             await writers.append(names["status"], msg.partition, unit)
-            counts: dict[str, int] = {}
-            for _, ce in out.events:
-                counts[ce["data"]["status"]] = counts.get(ce["data"]["status"], 0) + 1
-            for status_word, n in counts.items():
-                metrics.EMITTED.labels(status_word).inc(n)
+            count_emitted([e for e in out.events if e[1]["id"] not in out.repeats])
         if out.requests:
             records = [(key.encode(), orjson.dumps(req)) for key, req in out.requests]
             unit = Unit(records, token, atomic=False, kind="output")
@@ -511,7 +523,7 @@ def build(
         # Its own producer: never held by the agents' lease (a normalize zombie's writes
         # are duplicates and true markers, both harmless), never failed by a revoke.
         producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
+            **kafka_client.client_kwargs(settings),
             acks="all",
             enable_idempotence=True,
             max_batch_size=settings.producer_batch_bytes,
@@ -524,6 +536,21 @@ def build(
             await normalizer.run()
         finally:
             await producer.stop()
+
+    @app.task
+    async def consumer_lag() -> None:
+        await lag.run(settings, lag.worker_groups(settings))
+
+    @app.timer(interval=5.0)
+    async def dependency_health() -> None:
+        async def kafka_up() -> bool:
+            producer = normalizer_producer.get("p")
+            return producer is not None and bool(await producer.client.force_metadata_update())
+
+        probes: dict[str, dependencies.Probe] = {dependencies.KAFKA: kafka_up}
+        if read_model is not None:
+            probes[dependencies.REDIS] = read_model.ping
+        await dependencies.check(probes)
 
     @app.task
     async def guard_producer() -> None:

@@ -37,6 +37,7 @@ class Output:
     fired: int = 0
     asked: int = 0
     repeated: int = 0
+    repeats: set[str] = field(default_factory=set)  # ids of events published again
     latencies: list[float] = field(default_factory=list)  # receive -> emit, new events only
 
 
@@ -150,9 +151,9 @@ class Emitter:
             if index <= state["li"]:
                 previous = state.get("out", {}).get(str(index))
                 if previous is not None and previous[0] == src:
-                    out.events.append(
-                        (key, self._event(state, event, it, previous[1], previous[2], previous[3]))
-                    )
+                    again = self._event(state, event, it, previous[1], previous[2], previous[3])
+                    out.events.append((key, again))
+                    out.repeats.add(again["id"])
                     out.repeated += 1
                 continue
             sequence = state["seq"] + 1
@@ -276,7 +277,9 @@ class Emitter:
             entry = state.get("out", {}).get(DU)
             if entry and entry[0] == src:
                 _, sequence, _, ts, deadline, now = entry
-                out.events.append((key, self._unknown_event(state, sequence, deadline, now, ts)))
+                again = self._unknown_event(state, sequence, deadline, now, ts)
+                out.events.append((key, again))
+                out.repeats.add(again["id"])
                 out.repeated += 1
             asked = state.get("ask")
             if asked and asked[0] == src:

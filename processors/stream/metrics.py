@@ -12,7 +12,14 @@ DEADLETTERS = Counter(
     ["provider", "reason"],
 )
 OUTCOMES = Counter("msgstatus_ordering_outcomes_total", "Canonical events by outcome", ["outcome"])
-EMITTED = Counter("msgstatus_emitted_total", "message.status events published", ["status"])
+EMITTED = Counter(
+    "msgstatus_emitted_total", "message.status events published", ["status", "provider"]
+)
+FAILURES = Counter(
+    "msgstatus_failures_total",
+    "Failure statuses told, by provider, status and normalized error category",
+    ["provider", "status", "category"],
+)
 REEMITTED = Counter(
     "msgstatus_reemitted_total",
     "Events published again, same id, for records redelivered after a crash",
@@ -65,7 +72,4 @@ WATERMARK_LAG = Gauge(
     "msgstatus_watermark_lag_seconds",
     "Wall clock minus the receive-time watermark the emitter last acted on",
     ["partition"],
-)
-DEPENDENCY_UP = Gauge(
-    "msgstatus_dependency_up", "1 while a dependency answers, else 0", ["dependency"]
 )

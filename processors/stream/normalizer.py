@@ -30,6 +30,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from processors import kafka_client
 from processors.config import Settings
 from processors.stream import faults, markers, metrics
 from processors.stream.normalize import normalize
@@ -135,7 +136,7 @@ class Normalizer:
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
             *self.topics,
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **kafka_client.client_kwargs(self.settings),
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

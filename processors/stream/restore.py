@@ -27,6 +27,7 @@ from faust.tables.recovery import Recovery
 from faust.types import TP
 from rocksdict import WriteBatch
 
+from processors import kafka_client
 from processors.stream import metrics
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,9 @@ def apply(store: Any, partition: int, records: list[Any], last: int) -> int | No
     return top
 
 
-async def copy(bootstrap: str, jobs: list[Job], progress: dict[TP, int]) -> dict[TP, int]:
+async def copy(
+    client: Mapping[str, Any], jobs: list[Job], progress: dict[TP, int]
+) -> dict[TP, int]:
     """Copy every job's records; `progress[tp]` follows the last offset written.
 
     Returns how many records were written per partition.
@@ -96,7 +99,7 @@ async def copy(bootstrap: str, jobs: list[Job], progress: dict[TP, int]) -> dict
         return copied
     by_tp = {TopicPartition(j.tp.topic, j.tp.partition): j for j in jobs}
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **client,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=16 << 20,
@@ -147,12 +150,12 @@ async def _build_offsets(
     if not jobs:
         return
     started = time.monotonic()
-    bootstrap = ",".join(f"{u.host}:{u.port or 9092}" for u in self.app.conf.broker)
+    client = kafka_client.from_faust_app(self.app)
     # Progress lands in `destination` as it is made: if Faust's recovery times this
     # step out or restarts it, what was copied is kept and Faust reads only the rest.
     copied: dict[TP, int] = {}
     try:
-        copied = await copy(bootstrap, jobs, destination)
+        copied = await copy(client, jobs, destination)
     except Exception as exc:  # Faust's own (slower) path still restores what is left
         log.warning("bulk restore stopped (%r); Faust's recovery reads the rest", exc)
     log.info(

@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from processors.bench import processor
-from processors.config import Settings
+from processors.config import single_broker
 from processors.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 async def test_output_span_reads_every_partition_to_its_end(kafka, topic_prefix):
     topic = f"{topic_prefix}span"
-    await ensure_topics(Settings(kafka_bootstrap=kafka.bootstrap, partitions=4), [topic])
+    await ensure_topics(single_broker(kafka_bootstrap=kafka.bootstrap, partitions=4), [topic])
     base_ms = 1_700_000_000_000
     per_partition = 6000  # ~1.5 MB per partition: several fetches each
     producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, linger_ms=20)
@@ -50,7 +50,7 @@ async def test_output_span_reads_every_partition_to_its_end(kafka, topic_prefix)
 
 async def test_committed_slope_measures_a_groups_commit_rate(kafka, topic_prefix):
     topic, group = f"{topic_prefix}slope", f"{topic_prefix}slope-group"
-    await ensure_topics(Settings(kafka_bootstrap=kafka.bootstrap, partitions=1), [topic])
+    await ensure_topics(single_broker(kafka_bootstrap=kafka.bootstrap, partitions=1), [topic])
     producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, linger_ms=20)
     await producer.start()
     try:

@@ -14,7 +14,7 @@ from support.processes import ROOT, base_env, start_worker
 from support.stream import collect, send_events
 
 from processors.bench.processor import _ends, _wait_consumed
-from processors.config import Settings
+from processors.config import single_broker
 from processors.providers import REGISTRY
 from processors.topics import all_topics, ensure_topics
 
@@ -41,7 +41,9 @@ async def _raw_end(bootstrap: str, topic: str) -> int:
 
 
 async def test_replay_and_redrive(kafka, topic_prefix, tmp_path):
-    settings = Settings(kafka_bootstrap=kafka.bootstrap, topic_prefix=topic_prefix, partitions=4)
+    settings = single_broker(
+        kafka_bootstrap=kafka.bootstrap, topic_prefix=topic_prefix, partitions=4
+    )
     await ensure_topics(settings, all_topics(settings, REGISTRY))
     raw_events = settings.topic("raw.events")
     status, deadletter = settings.topic("message.status"), settings.topic("status.deadletter")

@@ -13,7 +13,7 @@ from support.processes import base_env, start_worker
 from support.stream import collect, send_events
 
 from processors.bench.recovery import fill
-from processors.config import Settings
+from processors.config import single_broker
 from processors.providers import REGISTRY
 from processors.topics import all_topics, ensure_topics, partition_for
 
@@ -34,7 +34,9 @@ def _restored(port: str) -> dict[str, float]:
 
 
 async def test_empty_disk_worker_restores_state_in_bulk(kafka, topic_prefix, tmp_path):
-    settings = Settings(kafka_bootstrap=kafka.bootstrap, topic_prefix=topic_prefix, partitions=4)
+    settings = single_broker(
+        kafka_bootstrap=kafka.bootstrap, topic_prefix=topic_prefix, partitions=4
+    )
     await ensure_topics(settings, all_topics(settings, REGISTRY))
     # Every message's state says `delivered` (sequence 2) in both tables ...
     await fill(settings, MESSAGES, provider="crm")

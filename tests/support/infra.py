@@ -24,6 +24,7 @@ import infra as local_infra  # noqa: E402  (needs the sys.path entry above)
 
 KafkaBroker = local_infra.KafkaBroker
 RedisServer = local_infra.RedisServer
+PrometheusServer = local_infra.PrometheusServer
 
 ENV_TEST_KAFKA_BOOTSTRAP = "MSGSTATUS_TEST_KAFKA_BOOTSTRAP"
 ENV_TEST_REDIS_URL = "MSGSTATUS_TEST_REDIS_URL"
@@ -76,6 +77,20 @@ def start_redis(data_dir: Path) -> local_infra.RedisServer:
     server.start()
     try:
         server.wait_ready(30)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def start_prometheus(data_dir: Path) -> local_infra.PrometheusServer:
+    """Start Prometheus on a free port with an empty config, tied to this process like
+    :func:`start_kafka`; tests point it at what they run with ``configure()``."""
+    server = PrometheusServer(local_infra.free_port(), data_dir, die_with_parent=True)
+    atexit.register(server.stop)
+    server.start()
+    try:
+        server.wait_ready(60)
     except BaseException:
         server.stop()
         raise

@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
+from processors.config import SINGLE_BROKER_ENV
 from support.infra import local_infra
 
 free_port = local_infra.free_port
@@ -37,6 +38,7 @@ def base_env(bootstrap: str, prefix: str, data_dir: Path, **extra: str) -> dict[
             "MSGSTATUS_DATA_DIR": str(data_dir),
             "MSGSTATUS_PARTITIONS": "4",
             "PYTHONUNBUFFERED": "1",
+            **SINGLE_BROKER_ENV,
         }
     )
     env.update(extra)

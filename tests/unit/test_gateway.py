@@ -613,6 +613,15 @@ async def test_healthz_and_readyz(client: TestClient):
     assert "msgstatus_gateway_requests_total" in await resp.text()
 
 
+async def test_metrics_report_whether_kafka_is_reachable(client: TestClient, sink: MemorySink):
+    line = 'msgstatus_dependency_up{dependency="kafka"}'
+    assert f"{line} 1.0" in await (await client.get("/metrics")).text()
+    sink.available = False
+    text = await (await client.get("/metrics")).text()
+    assert f"{line} 0.0" in text
+    assert 'dependency="redis"' not in text  # no read model configured: not a dependency
+
+
 # --- Meta verification handshake ----------------------------------------------------------
 
 

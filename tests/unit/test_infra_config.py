@@ -7,6 +7,7 @@ tests/integration/test_infra.py.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import socket
 import stat
@@ -338,6 +339,11 @@ def test_prepare_fetches_checks_installs_and_starts_nothing(
     monkeypatch.setattr(
         local_infra, "ensure_redis_server", lambda: calls.append("redis") or "/bin/redis-server"
     )
+    monkeypatch.setattr(
+        local_infra,
+        "ensure_prometheus",
+        lambda: calls.append("prometheus") or ("/bin/prometheus", "/bin/promtool"),
+    )
 
     def no_start(self: object) -> None:
         raise AssertionError("prepare must not start anything")
@@ -345,8 +351,9 @@ def test_prepare_fetches_checks_installs_and_starts_nothing(
     monkeypatch.setattr(local_infra._ManagedProcess, "start", no_start)
     cfg = local_infra.InfraConfig.from_env({"MSGSTATUS_INFRA_DIR": str(tmp_path)})
     assert local_infra.cmd_prepare(cfg) == 0
-    assert calls == ["jars", "java", "redis"]
-    assert "nothing started" in capsys.readouterr().out
+    assert calls == ["jars", "java", "redis", "prometheus"]
+    out = capsys.readouterr().out
+    assert "nothing started" in out and "promtool: /bin/promtool" in out
 
     def missing() -> str:
         raise RuntimeError("'java' (17+) is needed")
@@ -354,3 +361,101 @@ def test_prepare_fetches_checks_installs_and_starts_nothing(
     monkeypatch.setattr(local_infra, "ensure_java", missing)
     assert local_infra.cmd_prepare(cfg) == 1
     assert "infra prepare failed: 'java' (17+) is needed" in capsys.readouterr().err
+
+
+def test_prometheus_command_loopback_own_tsdb_reloadable() -> None:
+    cmd = local_infra.prometheus_command(
+        "/usr/bin/prometheus", 19090, Path("/d/prometheus.yml"), Path("/d")
+    )
+    assert cmd[0] == "/usr/bin/prometheus"
+    assert "--web.listen-address=127.0.0.1:19090" in cmd
+    assert "--config.file=/d/prometheus.yml" in cmd
+    assert "--storage.tsdb.path=/d/tsdb" in cmd
+    assert "--web.enable-lifecycle" in cmd
+    assert not any("0.0.0.0" in part for part in cmd)
+
+
+def test_prometheus_config_is_written_as_json_yaml(tmp_path: Path) -> None:
+    server = local_infra.PrometheusServer(local_infra.free_port(), tmp_path, {"a": {"b": [1]}})
+    server._write_config()
+    assert json.loads(server.config_file.read_text()) == {"a": {"b": [1]}}
+    assert server.url == f"http://127.0.0.1:{server.port}"
+    assert not server.answers()
+
+
+def test_apt_install_without_root_names_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        local_infra.shutil, "which", lambda name: "/usr/bin/apt-get" if name == "apt-get" else None
+    )
+    monkeypatch.setattr(local_infra, "_installed", lambda name: None)
+    monkeypatch.setattr(local_infra.os, "geteuid", lambda: 1000)
+    ran: list[object] = []
+    monkeypatch.setattr(local_infra.subprocess, "run", lambda *a, **k: ran.append(a))
+    with pytest.raises(RuntimeError) as exc:
+        local_infra.apt_install("prometheus", ["prometheus", "promtool"])
+    message = str(exc.value)
+    assert "prometheus, promtool not on PATH" in message
+    assert "apt-get install -y --no-install-recommends prometheus" in message
+    assert ran == []
+
+
+def test_apt_install_as_root_runs_apt_without_starting_services(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    installed: set[str] = set()
+    policy = tmp_path / "policy-rc.d"
+    monkeypatch.setattr(local_infra, "POLICY_RC_D", policy)
+    monkeypatch.setattr(
+        local_infra.shutil, "which", lambda name: "/usr/bin/apt-get" if name == "apt-get" else None
+    )
+    monkeypatch.setattr(
+        local_infra, "_installed", lambda name: f"/usr/bin/{name}" if name in installed else None
+    )
+    monkeypatch.setattr(local_infra.os, "geteuid", lambda: 0)
+    seen: list[tuple[list[str], bool]] = []
+
+    def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        seen.append((cmd, policy.exists() and "exit 101" in policy.read_text()))
+        if "install" in cmd:
+            installed.update({"prometheus", "promtool"})
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(local_infra.subprocess, "run", run)
+    assert local_infra.ensure_prometheus() == ("/usr/bin/prometheus", "/usr/bin/promtool")
+    assert [cmd[1:] for cmd, _ in seen] == [
+        ["update"],
+        ["install", "-y", "--no-install-recommends", "prometheus"],
+    ]
+    assert all(blocked for _, blocked in seen), "services must not start during the install"
+    assert not policy.exists(), "the temporary policy-rc.d is removed again"
+
+
+def test_sasl_listener_added_next_to_plaintext() -> None:
+    sasl = local_infra.sasl_listener_properties(props, 9094, {"app": "pw1", "ops": "pw2"})
+    assert sasl["listeners"] == (
+        "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093,SASL_PLAINTEXT://127.0.0.1:9094"
+    )
+    assert sasl["advertised.listeners"].endswith(",SASL_PLAINTEXT://127.0.0.1:9094")
+    assert "SASL_PLAINTEXT:SASL_PLAINTEXT" in sasl["listener.security.protocol.map"]
+    assert sasl["inter.broker.listener.name"] == "PLAINTEXT"
+    assert sasl["sasl.enabled.mechanisms"] == "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512"
+    plain = sasl["listener.name.sasl_plaintext.plain.sasl.jaas.config"]
+    assert 'user_app="pw1" user_ops="pw2";' in plain
+    assert "ScramLoginModule" in sasl["listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config"]
+    assert props["listeners"].count("SASL") == 0  # the input is not modified
+    with pytest.raises(ValueError):
+        local_infra.sasl_listener_properties(props, 9094, {"app": 'pw"; x'})
+
+
+def test_scram_users_are_created_when_storage_is_formatted() -> None:
+    args = local_infra.scram_format_args({"app": "pw1"})
+    assert args == [
+        "--add-scram", "SCRAM-SHA-256=[name=app,password=pw1]",
+        "--add-scram", "SCRAM-SHA-512=[name=app,password=pw1]",
+    ]  # fmt: skip
+    cmd = local_infra.kafka_format_command("java", Path("/l"), "id", Path("/s.props"), args)
+    assert cmd[-4:] == args
+    add = local_infra.scram_user_command(
+        "java", Path("/l"), "127.0.0.1:9092", "u", "p", "SCRAM-SHA-512"
+    )
+    assert "kafka.admin.ConfigCommand" in add and "SCRAM-SHA-512=[password=p]" in add

@@ -34,7 +34,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from prometheus_client import Counter, Gauge, start_http_server
 
-from processors import providers
+from processors import dependencies, kafka_client, providers
 from processors.config import ConfigError, Settings
 from processors.ingest import raw
 from processors.ingest.pollers import MODULES
@@ -51,6 +51,7 @@ from processors.ingest.pollers.tracker import (
     is_news,
 )
 from processors.ingest.producer import KafkaRawSink, KafkaUnavailable, RawSink
+from processors.ops.lag import CONSUMER_LAG
 from processors.providers.base import FramingError, WebhookRequest
 from processors.topics import STATUS, ensure_topics, raw_topic
 
@@ -89,6 +90,12 @@ BACKOFF = Gauge(
 STATUS_EVENTS = Counter(
     "msgstatus_poller_status_events_total", "message.status events read by the poller"
 )
+LAST_POLL = Gauge(
+    "msgstatus_poller_last_poll_timestamp_seconds",
+    "Unix time the provider last answered a status poll (or the poller started)",
+    ["provider"],
+)
+HEALTH_EVERY = 5.0
 
 # Poll outcomes (label values of msgstatus_poller_polls_total).
 PUBLISHED = "published"
@@ -239,9 +246,12 @@ class Poller:
         }
         self._inflight: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lag_labels: set[tuple[str, str, str]] = set()
         for name in self.states:
             STOPPED.labels(name).set(0)
             PENDING.labels(name).set(0)
+            LAST_POLL.labels(name).set(now)
 
     # --- running ----------------------------------------------------------------------
 
@@ -250,7 +260,10 @@ class Poller:
         timeout = aiohttp.ClientTimeout(total=self.config.request_timeout)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             self._session = session
-            tasks = [asyncio.create_task(self._housekeeping(), name="poller-housekeeping")]
+            tasks = [
+                asyncio.create_task(self._housekeeping(), name="poller-housekeeping"),
+                asyncio.create_task(self._health(), name="poller-health"),
+            ]
             if consume:
                 tasks.append(asyncio.create_task(self._consume(), name="poller-consume"))
             tasks += [
@@ -266,7 +279,7 @@ class Poller:
 
     async def _consume(self) -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **kafka_client.client_kwargs(self.settings),
             group_id=self.settings.topic(GROUP),
             auto_offset_reset="earliest",
             enable_auto_commit=False,  # state is rebuilt from the log, never committed
@@ -275,6 +288,7 @@ class Poller:
         )
         consumer.subscribe([self.settings.topic(STATUS)], listener=_Rebalance(self, consumer))
         await consumer.start()
+        self._consumer = consumer
         try:
             while True:
                 batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
@@ -283,6 +297,7 @@ class Poller:
                     for record in records:
                         self.learn(record.value, record.partition, now)
         finally:
+            self._consumer = None
             await consumer.stop()
 
     def learn(self, value: bytes | None, partition: int, now: float) -> None:
@@ -311,7 +326,36 @@ class Poller:
             for name, state in self.states.items():
                 PENDING.labels(name).set(self.tracker.count(name))
                 BACKOFF.labels(name).set(round(state.backoff.wait(now), 3))
+            await self._export_lag()
             await asyncio.sleep(1.0)
+
+    async def _export_lag(self) -> None:
+        """The poller's own lag on `message.status`: it commits no offsets (it rebuilds
+        its state from the log), so lag is the log end minus its reading position."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        group = self.settings.topic(GROUP)
+        exported = set()
+        for tp in consumer.assignment():
+            end = consumer.highwater(tp)
+            if end is None:
+                continue
+            try:
+                position = await consumer.position(tp)
+            except Exception:  # mid-rebalance: next round
+                continue
+            labels = (group, tp.topic, str(tp.partition))
+            CONSUMER_LAG.labels(*labels).set(max(0, end - position))
+            exported.add(labels)
+        for gone in self._lag_labels - exported:
+            CONSUMER_LAG.remove(*gone)
+        self._lag_labels = exported
+
+    async def _health(self) -> None:
+        while True:
+            await dependencies.check({dependencies.KAFKA: self.sink.ready})
+            await asyncio.sleep(HEALTH_EVERY)
 
     async def _provider_loop(self, state: ProviderState) -> None:
         name = state.target.name
@@ -390,6 +434,7 @@ class Poller:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self._transient(state, item, TRANSPORT_ERROR, None, type(exc).__name__)
             return
+        LAST_POLL.labels(target.name).set(self.clock())
         if code == 200:
             state.backoff.success()
             await self._answered(state, item, url, body, content_type)
