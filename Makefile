@@ -6,14 +6,24 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 INFRA := $(PY) deploy/local/infra.py
 
-.PHONY: run test test-unit test-integration lint bench infra-up infra-down install clean
+.PHONY: run test test-unit test-integration lint bench infra-up infra-down install clean lock
 
-$(STAMP): pyproject.toml
+# Exact versions with hashes (requirements.lock; `make lock` regenerates it from the ranges
+# in pyproject.toml): the worker's Faust/aiokafka patches are written for those versions.
+$(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "msgstatus needs Python >= 3.11")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --require-hashes -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
 	@touch $(STAMP)
+
+lock:
+	@test -x $(HOME)/.cache/msgstatus/piptools/bin/pip-compile || \
+		($(PYTHON) -m venv $(HOME)/.cache/msgstatus/piptools && \
+		 $(HOME)/.cache/msgstatus/piptools/bin/pip install -q pip-tools)
+	$(HOME)/.cache/msgstatus/piptools/bin/pip-compile -q --generate-hashes --extra dev \
+		--strip-extras --allow-unsafe --no-emit-find-links -o requirements.lock pyproject.toml
 
 install: $(STAMP)
 

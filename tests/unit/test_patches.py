@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 from aiokafka.producer.message_accumulator import BatchBuilder, MessageAccumulator
@@ -100,3 +101,10 @@ def test_lease_validity():
     assert lease.valid()
     lease.broken()
     assert not lease.valid()
+
+
+def test_the_lock_file_installs_the_versions_the_patches_were_written_for():
+    lock = (Path(__file__).resolve().parents[2] / "requirements.lock").read_text()
+    for package, version in patches.VERSIONS.items():
+        assert f"\n{package}=={version} \\" in lock, f"{package} is not locked at {version}"
+    assert "--hash=sha256:" in lock
