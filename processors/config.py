@@ -121,9 +121,32 @@ def load_accounts(path: str) -> dict[str, tuple[Account, ...]]:
                 if name in names:
                     raise ConfigError(f"{path}: {here}.name {name!r} is used twice in {where}")
                 names.add(name)
-            parsed.append(dict(item))
+            # surrounding whitespace is never part of a secret (a pasted newline)
+            parsed.append({key: value.strip() for key, value in item.items()})
         accounts[provider] = tuple(parsed)
     return accounts
+
+
+def _secrets(env: Mapping[str, str]) -> dict[str, str]:
+    """Every non-empty MSGSTATUS_* value, stripped, keyed without the prefix.
+
+    An empty value means unset. A value of only whitespace is refused rather than used:
+    it would enable a provider whose signing key is a space. A value that is not UTF-8
+    (os.environ keeps undecodable bytes as surrogates) could never be hashed.
+    """
+    out: dict[str, str] = {}
+    for key, value in env.items():
+        if not key.startswith("MSGSTATUS_") or not value:
+            continue
+        stripped = value.strip()
+        if not stripped:
+            raise ConfigError(f"{key} is set but blank: unset it or give it a value")
+        try:
+            stripped.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"{key} is not valid UTF-8") from None
+        out[key[len("MSGSTATUS_") :]] = stripped
+    return out
 
 
 def _secret_field(name: str) -> tuple[str, str]:
@@ -151,7 +174,18 @@ class Settings:
     # new (Faust's own value is 1500): shorter hops between the worker's stages under
     # load, a few % of a core more per idle worker (docs/benchmarks-notes.md).
     fetch_max_wait_ms: int = 20
+    # Bearer token of the query API (GET /v1/messages): read only.
     api_token: str | None = None
+    # Bearer token of POST /v1/events (write); never the same as the read token.
+    events_token: str | None = None
+    # Seconds a signed timestamp may be away from when the gateway received the request
+    # (processors/providers/freshness.py); 0 turns the check off.
+    replay_window: float = 300.0
+    # A connection must send a complete request head within this many seconds of
+    # opening or of its previous answer (also the keep-alive idle time), and the whole
+    # body within http_body_timeout seconds of its head (408 otherwise).
+    http_header_timeout: float = 15.0
+    http_body_timeout: float = 30.0
     metrics_port: int = 6066
     app_id: str = "msgstatus"
     produce_timeout: float = 5.0
@@ -203,11 +237,7 @@ class Settings:
         if backend == "redis":  # say so rather than silently run on RocksDB
             raise ConfigError("MSGSTATUS_STATE_BACKEND=redis is not implemented yet; use rocksdb")
         config_path = env.get("MSGSTATUS_CONFIG") or None
-        secrets = {
-            key[len("MSGSTATUS_") :]: value
-            for key, value in env.items()
-            if key.startswith("MSGSTATUS_") and value
-        }
+        secrets = _secrets(env)
         settings = cls(
             kafka_bootstrap=env.get("MSGSTATUS_KAFKA_BOOTSTRAP", d.kafka_bootstrap),
             topic_prefix=env.get("MSGSTATUS_TOPIC_PREFIX", ""),
@@ -229,7 +259,11 @@ class Settings:
             ),
             session_timeout=_float(env, "MSGSTATUS_SESSION_TIMEOUT", d.session_timeout),
             fetch_max_wait_ms=_int(env, "MSGSTATUS_FETCH_MAX_WAIT_MS", d.fetch_max_wait_ms),
-            api_token=env.get("MSGSTATUS_API_TOKEN") or None,
+            api_token=secrets.get("API_TOKEN"),
+            events_token=secrets.get("EVENTS_TOKEN"),
+            replay_window=_float(env, "MSGSTATUS_REPLAY_WINDOW", d.replay_window),
+            http_header_timeout=_float(env, "MSGSTATUS_HTTP_HEADER_TIMEOUT", d.http_header_timeout),
+            http_body_timeout=_float(env, "MSGSTATUS_HTTP_BODY_TIMEOUT", d.http_body_timeout),
             metrics_port=_int(env, "MSGSTATUS_METRICS_PORT", d.metrics_port),
             app_id=env.get("MSGSTATUS_APP_ID", d.app_id),
             produce_timeout=_float(env, "MSGSTATUS_PRODUCE_TIMEOUT", d.produce_timeout),
@@ -247,4 +281,17 @@ class Settings:
             raise ConfigError("MSGSTATUS_MAX_BODY_BYTES must be positive")
         if not 0 <= settings.fetch_max_wait_ms <= 10_000:
             raise ConfigError("MSGSTATUS_FETCH_MAX_WAIT_MS must be between 0 and 10000")
+        if not 0 <= settings.replay_window <= 604_800:
+            raise ConfigError("MSGSTATUS_REPLAY_WINDOW must be between 0 and 604800 seconds")
+        for name, value in (
+            ("MSGSTATUS_HTTP_HEADER_TIMEOUT", settings.http_header_timeout),
+            ("MSGSTATUS_HTTP_BODY_TIMEOUT", settings.http_body_timeout),
+        ):
+            if not 0 < value <= 3600:
+                raise ConfigError(f"{name} must be more than 0 and at most 3600 seconds")
+        if settings.api_token is not None and settings.api_token == settings.events_token:
+            raise ConfigError(
+                "MSGSTATUS_EVENTS_TOKEN must differ from MSGSTATUS_API_TOKEN: the read token "
+                "of the query API must not be able to write events"
+            )
         return settings
