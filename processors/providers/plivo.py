@@ -29,6 +29,7 @@ from processors.providers.base import (
     SignatureError,
     WebhookRequest,
 )
+from processors.providers.replay import ReplayKey, usable_key, window_ttl
 
 NAME = "plivo"
 CONTENT_TYPES: tuple[str, ...] = ("application/x-www-form-urlencoded",)
@@ -38,6 +39,7 @@ MA_SIGNATURE_HEADER = "x-plivo-signature-ma-v3"
 NONCE_HEADER = "x-plivo-signature-v3-nonce"
 SIGNATURE_HEADERS: tuple[str, ...] = (SIGNATURE_HEADER, MA_SIGNATURE_HEADER, NONCE_HEADER)
 SECRET = "PLIVO_AUTH_TOKEN"
+NONCE_TTL = 3600.0  # seconds a nonce is remembered at least (no signed time to bound it)
 
 STATUS_MAP: dict[str, str] = {
     "queued": "queued",
@@ -121,7 +123,7 @@ def calculate_signature(
 ) -> str:
     """X-Plivo-Signature-V3 for a POST of `params` to `url` with this nonce."""
     pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
-    message = f"{signed_base(url, pairs)}.{nonce}".encode()
+    message = f"{signed_base(url, pairs)}.{nonce}".encode("utf-8", "surrogatepass")
     return common.hmac_b64(auth_token, message, "sha256")
 
 
@@ -134,6 +136,8 @@ def verify(request: WebhookRequest, settings: Settings) -> None:
     nonce = request.header(NONCE_HEADER)
     if not given or not nonce:
         raise SignatureError("missing X-Plivo-Signature-V3 or X-Plivo-Signature-V3-Nonce header")
+    if usable_key(nonce) is None:
+        raise SignatureError("X-Plivo-Signature-V3-Nonce must be printable ASCII")
     try:
         params = common.load_form(request.body)
         expected = calculate_signature(token, request.url, nonce, params)
@@ -142,6 +146,13 @@ def verify(request: WebhookRequest, settings: Settings) -> None:
     candidates = [part.strip() for part in given.split(",") if part.strip()]
     if not common.any_equal(candidates, expected):  # constant time, every candidate compared
         raise SignatureError("X-Plivo-Signature-V3 does not match")
+
+
+def replay_key(request: WebhookRequest, settings: Settings) -> ReplayKey | None:
+    """The signed nonce. Plivo signs no time, so remembering nonces (for an hour at
+    least) is the only replay check its scheme allows."""
+    key = usable_key(request.header(NONCE_HEADER))
+    return ReplayKey(key, window_ttl(settings.replay_window, NONCE_TTL)) if key else None
 
 
 def sign(url: str, body: bytes, auth_token: str, nonce: str | None = None) -> dict[str, str]:
