@@ -25,7 +25,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from processors.config import Settings
 from processors.stream import metrics
-from processors.stream.normalize import normalize
+from processors.stream.normalize import encode_dead_letter, normalize, pack_events
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class Normalizer:
                         await self.send(
                             settings.topic("status.deadletter"),
                             dead["id"].encode(),
-                            orjson.dumps(dead),
+                            encode_dead_letter(dead),
                             None,
                         )
                     )
@@ -218,12 +218,7 @@ class Normalizer:
                 metrics.NORMALIZED.labels(provider).inc(events)
         canonical = settings.topic("status.canonical")
         for partition, evs in grouped.items():
-            for start in range(0, len(evs), MAX_EVENTS_PER_RECORD):
-                chunk = evs[start : start + MAX_EVENTS_PER_RECORD]
-                first = f"{chunk[0]['provider']}:{chunk[0]['provider_message_id']}"
-                written.append(
-                    await self.send(
-                        canonical, first.encode(), orjson.dumps({"events": chunk}), partition
-                    )
-                )
+            first = f"{evs[0]['provider']}:{evs[0]['provider_message_id']}"
+            for value in pack_events(evs):
+                written.append(await self.send(canonical, first.encode(), value, partition))
         return written, seen
