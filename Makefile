@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 INFRA := $(PY) deploy/local/infra.py
 
-.PHONY: run test test-unit test-integration lint bench infra-up infra-down install clean
+.PHONY: run test test-unit test-integration lint bench fuzz infra-up infra-down install clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "msgstatus needs Python >= 3.11")'
@@ -39,6 +39,10 @@ test-integration: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check processors tests deploy
+
+# Hostile-input fuzzing for MSGSTATUS_FUZZ_SECONDS (default 300): prints cases and failures.
+fuzz: $(STAMP)
+	$(PY) tests/fuzz.py
 
 bench: $(STAMP)
 	$(INFRA) prepare

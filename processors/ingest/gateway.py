@@ -59,6 +59,7 @@ RETRY_AFTER_SECONDS = "5"
 SMALL_BODY_BYTES = 65_536
 SMALL_BODY_PROVIDERS = frozenset({"twilio", "plivo", "vonage", "smpp"})
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded"})
+LINGERING_SECONDS = 2.0
 
 
 class _Metrics:
@@ -322,7 +323,10 @@ class Gateway:
         try:
             return await self._accept(request, name, provider)
         except BadRequest as exc:
-            return error(exc.status, str(exc))
+            response = error(exc.status, str(exc))
+            if exc.status == 408:
+                response.force_close()  # the client stalled: do not keep its connection
+            return response
 
     async def _accept(self, request: web.Request, name: str, provider: Provider) -> web.Response:
         settings = self.settings
@@ -451,17 +455,27 @@ class Gateway:
         return ok(doc)
 
 
-async def serve(settings: Settings, sink: RawSink, read_model: ReadModel | None) -> None:
-    """Run until cancelled (the CLI cancels on SIGINT/SIGTERM)."""
-    gateway = Gateway(settings, sink, read_model)
-    runner = web.AppRunner(
+def make_runner(gateway: Gateway) -> web.AppRunner:
+    """The gateway's aiohttp runner: no access log, aiohttp's own errors on one line,
+    and a connection closed when it has not sent a complete request head within
+    MSGSTATUS_HTTP_HEADER_TIMEOUT of opening or of its previous answer (a slow or stalled
+    client; aiohttp applies its keep-alive timeout from the connection's start)."""
+    return web.AppRunner(
         gateway.app(),
         access_log=None,
         logger=OneLineServerLog(logging.getLogger("aiohttp.server"), {}),
-        # Closes a connection that has not sent a complete request head this long after
-        # opening or after its previous answer (a slow or stalled client).
-        keepalive_timeout=settings.http_header_timeout,
+        keepalive_timeout=gateway.settings.http_header_timeout,
+        # After refusing a request whose body it did not read (413, 408), aiohttp reads
+        # and drops the rest for this long before closing (10 s by default): enough for
+        # a client to finish sending and read the answer, not a slot for a stalled one.
+        lingering_time=LINGERING_SECONDS,
     )
+
+
+async def serve(settings: Settings, sink: RawSink, read_model: ReadModel | None) -> None:
+    """Run until cancelled (the CLI cancels on SIGINT/SIGTERM)."""
+    gateway = Gateway(settings, sink, read_model)
+    runner = make_runner(gateway)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port, backlog=1024)
     await site.start()

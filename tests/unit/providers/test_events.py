@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import replace
 import json
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings

@@ -236,7 +236,9 @@ def test_signature_matches_sendgrid_published_example() -> None:
         sendgrid.verify(h.request("sendgrid", payload, headers=headers), configured)
 
 
-@pytest.mark.parametrize(("age", "accepted"), [(0, True), (-299, True), (301, False), (-301, False)])
+@pytest.mark.parametrize(
+    ("age", "accepted"), [(0, True), (-299, True), (301, False), (-301, False)]
+)
 def test_replay_window(age: int, accepted: bool) -> None:
     body = h.fixture("sendgrid", "delivered.json")
     headers = sendgrid.sign(body, KEY, int(h.RECEIVED_AT) - age)

@@ -430,8 +430,10 @@ async def test_pinned_certificate_is_the_only_one(no_network: list[str]) -> None
         ses.verify(unseeded(), configured())
     assert no_network == []
     spelled = CERT_URL.replace("sns.us-east-1", "SNS.US-EAST-1").replace(".com/", ".com:443/")
-    ses.verify(signed_request({**fixture_envelope("delivery.json"), "SigningCertURL": spelled}),
-               configured())
+    ses.verify(
+        signed_request({**fixture_envelope("delivery.json"), "SigningCertURL": spelled}),
+        configured(),
+    )
 
 
 def test_seeded_pem_with_escaped_newlines() -> None:

@@ -248,9 +248,7 @@ def test_disabled_and_misconfigured() -> None:
 
 def test_json_sig_covers_json_scalars() -> None:
     body = json.dumps({"messageId": "X1", "status": "delivered", "price": 0.5, "n": 3}).encode()
-    headers, signed = vonage.sign(
-        h.URL, body, SECRET, json_body=True, timestamp=int(h.RECEIVED_AT)
-    )
+    headers, signed = vonage.sign(h.URL, body, SECRET, json_body=True, timestamp=int(h.RECEIVED_AT))
     vonage.verify(h.request("vonage", signed, headers=headers, content_type=None), configured())
     changed = signed.replace(b"0.5", b"0.6")
     with pytest.raises(SignatureError):
