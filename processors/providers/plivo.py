@@ -11,6 +11,8 @@ POST with params, base = `scheme://host/path` + "?" + [the URL's query params so
 `k=v` joined by `&`, + "."] + every POST param as `name+value`, sorted by name. The header
 may hold several comma-separated signatures (one per active auth token): any may match.
 The URL is the public URL Plivo called (the gateway builds it from MSGSTATUS_PUBLIC_URL).
+Plivo signs no time: the gateway remembers each nonce (`replay_key`) for at least an
+hour, so a replayed callback within that time is not stored twice.
 """
 
 from __future__ import annotations
