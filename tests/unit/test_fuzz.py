@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 # Examples per provider; each parse example is three cases (its content type, none, the
 # other framing), each gateway example one request (and a normalize when accepted).
 PARSE_EXAMPLES = int(os.environ.get("MSGSTATUS_FUZZ_PARSE_EXAMPLES", "1000"))
-GATEWAY_EXAMPLES = int(os.environ.get("MSGSTATUS_FUZZ_GATEWAY_EXAMPLES", "600"))
+GATEWAY_EXAMPLES = int(os.environ.get("MSGSTATUS_FUZZ_GATEWAY_EXAMPLES", "1000"))
 QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 
 
