@@ -196,8 +196,9 @@ def _check_identity(pairs: Iterable[tuple[str, str]]) -> None:
 
 
 def verify(request: WebhookRequest, settings: Settings) -> None:
-    """Check X-Twilio-Signature; raises SignatureError (or FramingError for a form that
-    names two accounts). The reason never holds a MAC.
+    """Check X-Twilio-Signature; raises SignatureError, or FramingError for a form that
+    repeats AccountSid (or the message's sid or status) with another value. The reason
+    never holds a MAC.
 
     The AccountSid that selects the token is read by the same `_fields()` parse() uses,
     so the account an event is attributed to is the one whose token signed it.
