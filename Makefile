@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 INFRA := $(PY) deploy/local/infra.py
 
-.PHONY: run test test-unit test-integration lint bench infra-up infra-down install clean lock
+.PHONY: run test test-unit test-integration lint bench fuzz infra-up infra-down install clean lock
 
 # Exact versions with hashes (requirements.lock; `make lock` regenerates it from the ranges
 # in pyproject.toml): the worker's Faust/aiokafka patches are written for those versions.
@@ -49,6 +49,10 @@ test-integration: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check processors tests deploy
+
+# Hostile-input fuzzing for MSGSTATUS_FUZZ_SECONDS (default 300): prints cases and failures.
+fuzz: $(STAMP)
+	$(PY) tests/fuzz.py
 
 bench: $(STAMP)
 	$(INFRA) prepare

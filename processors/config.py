@@ -159,9 +159,32 @@ def load_accounts(path: str) -> dict[str, tuple[Account, ...]]:
                 if name in names:
                     raise ConfigError(f"{path}: {here}.name {name!r} is used twice in {where}")
                 names.add(name)
-            parsed.append(dict(item))
+            # surrounding whitespace is never part of a secret (a pasted newline)
+            parsed.append({key: value.strip() for key, value in item.items()})
         accounts[provider] = tuple(parsed)
     return accounts
+
+
+def _secrets(env: Mapping[str, str]) -> dict[str, str]:
+    """Every non-empty MSGSTATUS_* value, stripped, keyed without the prefix.
+
+    An empty value means unset. A value of only whitespace is refused rather than used:
+    it would enable a provider whose signing key is a space. A value that is not UTF-8
+    (os.environ keeps undecodable bytes as surrogates) could never be hashed.
+    """
+    out: dict[str, str] = {}
+    for key, value in env.items():
+        if not key.startswith("MSGSTATUS_") or not value:
+            continue
+        stripped = value.strip()
+        if not stripped:
+            raise ConfigError(f"{key} is set but blank: unset it or give it a value")
+        try:
+            stripped.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"{key} is not valid UTF-8") from None
+        out[key[len("MSGSTATUS_") :]] = stripped
+    return out
 
 
 def _secret_field(name: str) -> tuple[str, str]:
@@ -226,8 +249,6 @@ class Settings:
     public_url: str | None = None
     max_body_bytes: int = 1_048_576
     delivery_unknown_after: float = 3600.0
-    # Seconds a signed timestamp may be away from our clock (providers/freshness.py).
-    replay_window: float = 300.0
     delivery_unknown_disabled: frozenset[str] = frozenset()
     # slack on top of the receive-time watermark before a deadline fires: covers gateway
     # clock skew and records still in flight from a gateway when the watermark moved
@@ -249,7 +270,18 @@ class Settings:
     # aiokafka batch size of the worker's producers: records of one partition sent together.
     # A table unit larger than this still travels as one batch of its own (writers.py).
     producer_batch_bytes: int = 512 * 1024
+    # Bearer token of the query API (GET /v1/messages): read only.
     api_token: str | None = None
+    # Bearer token of POST /v1/events (write); never the same as the read token.
+    events_token: str | None = None
+    # Seconds a signed timestamp may be away from when the gateway received the request
+    # (processors/providers/freshness.py); 0 turns the check off.
+    replay_window: float = 300.0
+    # A connection must send a complete request head within this many seconds of
+    # opening or of its previous answer (also the keep-alive idle time), and the whole
+    # body within http_body_timeout seconds of its head (408 otherwise).
+    http_header_timeout: float = 15.0
+    http_body_timeout: float = 30.0
     metrics_port: int = 6066
     # Seconds between two reads of the consumer groups' lag (processors/ops/lag.py).
     consumer_lag_interval: float = 15.0
@@ -323,11 +355,7 @@ class Settings:
         if backend == "redis":  # say so rather than silently run on RocksDB
             raise ConfigError("MSGSTATUS_STATE_BACKEND=redis is not implemented yet; use rocksdb")
         config_path = env.get("MSGSTATUS_CONFIG") or None
-        secrets = {
-            key[len("MSGSTATUS_") :]: value
-            for key, value in env.items()
-            if key.startswith("MSGSTATUS_") and value
-        }
+        secrets = _secrets(env)
         settings = cls(
             kafka_bootstrap=env.get("MSGSTATUS_KAFKA_BOOTSTRAP", d.kafka_bootstrap),
             topic_prefix=env.get("MSGSTATUS_TOPIC_PREFIX", ""),
@@ -365,7 +393,10 @@ class Settings:
             producer_batch_bytes=_int(
                 env, "MSGSTATUS_PRODUCER_BATCH_BYTES", d.producer_batch_bytes
             ),
-            api_token=env.get("MSGSTATUS_API_TOKEN") or None,
+            api_token=secrets.get("API_TOKEN"),
+            events_token=secrets.get("EVENTS_TOKEN"),
+            http_header_timeout=_float(env, "MSGSTATUS_HTTP_HEADER_TIMEOUT", d.http_header_timeout),
+            http_body_timeout=_float(env, "MSGSTATUS_HTTP_BODY_TIMEOUT", d.http_body_timeout),
             metrics_port=_int(env, "MSGSTATUS_METRICS_PORT", d.metrics_port),
             consumer_lag_interval=_float(
                 env, "MSGSTATUS_CONSUMER_LAG_INTERVAL", d.consumer_lag_interval
@@ -424,6 +455,19 @@ class Settings:
         if settings.consumer_lag_interval <= 0:
             raise ConfigError("MSGSTATUS_CONSUMER_LAG_INTERVAL must be positive")
         settings.check_transport()
+        if not 0 <= settings.replay_window <= 604_800:
+            raise ConfigError("MSGSTATUS_REPLAY_WINDOW must be between 0 and 604800 seconds")
+        for name, value in (
+            ("MSGSTATUS_HTTP_HEADER_TIMEOUT", settings.http_header_timeout),
+            ("MSGSTATUS_HTTP_BODY_TIMEOUT", settings.http_body_timeout),
+        ):
+            if not 0 < value <= 3600:
+                raise ConfigError(f"{name} must be more than 0 and at most 3600 seconds")
+        if settings.api_token is not None and settings.api_token == settings.events_token:
+            raise ConfigError(
+                "MSGSTATUS_EVENTS_TOKEN must differ from MSGSTATUS_API_TOKEN: the read token "
+                "of the query API must not be able to write events"
+            )
         return settings
 
     def check_transport(self) -> None:

@@ -34,7 +34,7 @@ SECRET_NAMES = (
     "MSGSTATUS_TWILIO_AUTH_TOKEN",
     "MSGSTATUS_META_APP_SECRET",
     "MSGSTATUS_RYZE_TOKEN",
-    "MSGSTATUS_API_TOKEN",
+    "MSGSTATUS_EVENTS_TOKEN",
 )
 OUTCOMES_METRIC = "msgstatus_ordering_outcomes_total"
 DRAIN_SECONDS = 1.5  # keep reading this long after the last final status: extras must show
@@ -75,7 +75,7 @@ def demo_secrets(settings: Settings) -> dict[str, str]:
         "MSGSTATUS_TWILIO_AUTH_TOKEN": settings.secret("TWILIO_AUTH_TOKEN"),
         "MSGSTATUS_META_APP_SECRET": settings.secret("META_APP_SECRET"),
         "MSGSTATUS_RYZE_TOKEN": settings.secret("RYZE_TOKEN"),
-        "MSGSTATUS_API_TOKEN": settings.api_token,
+        "MSGSTATUS_EVENTS_TOKEN": settings.events_token,
     }
     missing = [name for name in SECRET_NAMES if not values[name]]
     if missing:

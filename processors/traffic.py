@@ -190,7 +190,7 @@ def _ryze(msg: Message, status: str, at: int, token: str, use_code: bool) -> Req
     return Request("/webhooks/ryze", ryze.sign("", body, token), body, [msg.key])
 
 
-def _event(msg: Message, status: str, at: int, api_token: str) -> Request:
+def _event(msg: Message, status: str, at: int, events_token: str) -> Request:
     item: dict = {
         "provider": msg.provider,
         "provider_message_id": msg.message_id,
@@ -202,7 +202,7 @@ def _event(msg: Message, status: str, at: int, api_token: str) -> Request:
     if status in ("failed", "rejected", "undelivered"):
         item["error"] = {"code": "E42", "category": "blocked", "description": "demo"}
     body = orjson.dumps(item)
-    headers = {"content-type": "application/json", "authorization": f"Bearer {api_token}"}
+    headers = {"content-type": "application/json", "authorization": f"Bearer {events_token}"}
     return Request("/v1/events", headers, body, [msg.key])
 
 
@@ -234,7 +234,7 @@ def build_requests(
                     _ryze(msg, status, at, secrets["MSGSTATUS_RYZE_TOKEN"], rng.random() < 0.5)
                 )
             else:
-                requests.append(_event(msg, status, at, secrets["MSGSTATUS_API_TOKEN"]))
+                requests.append(_event(msg, status, at, secrets["MSGSTATUS_EVENTS_TOKEN"]))
     rng.shuffle(meta_pending)
     while meta_pending:
         size = rng.randint(1, 6)

@@ -47,7 +47,8 @@ export MSGSTATUS_TWILIO_AUTH_TOKEN="${MSGSTATUS_TWILIO_AUTH_TOKEN:-demo-twilio-a
 export MSGSTATUS_META_APP_SECRET="${MSGSTATUS_META_APP_SECRET:-demo-meta-app-secret}"
 export MSGSTATUS_META_VERIFY_TOKEN="${MSGSTATUS_META_VERIFY_TOKEN:-demo-meta-verify-token}"
 export MSGSTATUS_RYZE_TOKEN="${MSGSTATUS_RYZE_TOKEN:-demo-ryze-token}"
-export MSGSTATUS_API_TOKEN="${MSGSTATUS_API_TOKEN:-demo-api-token}"
+export MSGSTATUS_API_TOKEN="${MSGSTATUS_API_TOKEN:-demo-api-token}"        # reads /v1/messages
+export MSGSTATUS_EVENTS_TOKEN="${MSGSTATUS_EVENTS_TOKEN:-demo-events-token}" # writes /v1/events
 
 case "$MSGSTATUS_HTTP_HOST" in 0.0.0.0 | "::" | "") LOCAL_HOST=127.0.0.1 ;; *) LOCAL_HOST=$MSGSTATUS_HTTP_HOST ;; esac
 BASE_URL="http://$LOCAL_HOST:$MSGSTATUS_HTTP_PORT"

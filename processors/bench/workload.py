@@ -24,6 +24,7 @@ SECRETS = {
     "MSGSTATUS_META_APP_SECRET": "bench-meta",
     "MSGSTATUS_RYZE_TOKEN": "bench-ryze",
     "MSGSTATUS_API_TOKEN": "bench-api",
+    "MSGSTATUS_EVENTS_TOKEN": "bench-events",
 }
 
 

@@ -3,25 +3,33 @@
 A request reaches the raw topic only through `_verified()`, and the answer is 200 only
 after Kafka acknowledged the write. Every error is JSON with a clear message; neither the
 expected signature nor the body is ever echoed back or logged.
+
+The gateway faces the internet (docs/security.md): what an unauthenticated request may
+cost is bounded before any signature work (body limits per provider, form field counts,
+envelope sizes, read timeouts), what an authenticated one may put in a raw topic is
+bounded after it (JSON depth, a body that fits one Kafka record with its envelope), and
+an unexpected exception becomes a JSON answer and one log line, never a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from processors import dependencies, providers
 from processors.config import Settings
 from processors.ingest import raw
-from processors.ingest.producer import KafkaUnavailable, RawSink
-from processors.providers import query_string, ses
+from processors.ingest.producer import MAX_REQUEST_BYTES, KafkaUnavailable, RawSink
+from processors.providers import limits, query_string, replay, ses
 from processors.providers.base import (
     FramingError,
     Provider,
@@ -46,6 +54,13 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 RETRY_AFTER_SECONDS = "5"
+# Providers whose callbacks are one small form (or object) each: their own, smaller body
+# limit bounds what an unsigned request costs before its signature is checked (a 1 MiB
+# form with a wrong signature cost Plivo 184 ms of parsing and hashing).
+SMALL_BODY_BYTES = 65_536
+SMALL_BODY_PROVIDERS = frozenset({"twilio", "plivo", "vonage", "smpp"})
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded"})
+LINGERING_SECONDS = 2.0
 
 
 class _Metrics:
@@ -81,9 +96,36 @@ def ok(payload: dict) -> web.Response:
     return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
 
+def accepted(provider: Provider, duplicate: bool = False) -> web.Response:
+    """The 200: the provider's own success body where it needs one (Jasmin retries every
+    receipt until it reads exactly `ACK/Jasmin`), else JSON."""
+    answer = getattr(provider, "SUCCESS_ANSWER", None)
+    if answer is not None:
+        return web.Response(body=answer[0], content_type=answer[1])
+    if duplicate:
+        return ok({"status": "accepted", "duplicate": True})
+    return ok({"status": "accepted"})
+
+
+def not_found(name: str) -> web.Response:
+    """One answer for unknown and for disabled endpoints: a prober must not learn which
+    providers are configured."""
+    return error(404, f"no webhook endpoint {name[:64]!r} here")
+
+
+def one_line(exc: BaseException | None) -> str:
+    """`Type: message` on one bounded line, for logs that must not carry tracebacks."""
+    if exc is None:
+        return "(no exception)"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler: Callable[..., Awaitable[web.StreamResponse]]):
-    """aiohttp answers 404/405 in plain text; our contract is JSON everywhere."""
+    """aiohttp answers 404/405 in plain text; our contract is JSON everywhere. Anything
+    unexpected becomes a JSON answer and one log line: a request must never be able to
+    fill the log with tracebacks."""
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -91,15 +133,51 @@ async def json_errors(request: web.Request, handler: Callable[..., Awaitable[web
             raise
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
         return error(exc.status, exc.reason, **headers)
+    except asyncio.CancelledError:
+        raise
+    except (ConnectionError, HttpProcessingError) as exc:  # the client broke the request
+        log.info("%s %s: bad or broken request: %s", request.method, request.path, one_line(exc))
+        return error(400, "the request could not be read")
+    except Exception as exc:
+        log.error("%s %s answered 500: %s", request.method, request.path, one_line(exc))
+        return error(500, "internal error; the request was not stored")
+
+
+class OneLineServerLog(logging.LoggerAdapter):
+    """aiohttp's server logger without tracebacks: it logs one (with the request's bytes)
+    for every malformed request it answers 400 itself; from the internet those are
+    routine, so one line at INFO."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else None
+        self.info("%s: %s", str(msg) % args if args else msg, one_line(exc))
+
+
+class BadRequest(Exception):
+    """Refuse the request with this status and reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 def public_url(request: web.Request, settings: Settings) -> str:
-    """The URL the provider called; behind a proxy only MSGSTATUS_PUBLIC_URL knows it."""
+    """The URL the provider called; behind a proxy only MSGSTATUS_PUBLIC_URL knows it.
+
+    BadRequest (400) when it is not a URL: a Host header that is no host name, or a
+    request target that is not ASCII (what a provider signs is percent-encoded)."""
     if settings.public_url:
         # raw_path_qs: the path and query exactly as sent (percent-encoding kept), since
         # that is what the provider signed; path_qs would decode %20, %2B, %2F, ...
-        return settings.public_url.rstrip("/") + request.rel_url.raw_path_qs
-    return str(request.url)
+        url = settings.public_url.rstrip("/") + request.rel_url.raw_path_qs
+    else:
+        try:
+            url = str(request.url)
+        except (ValueError, UnicodeError):  # yarl: bad port, not IDNA-encodable host
+            raise BadRequest(400, "the Host header is not a valid host name") from None
+    if not (url.isascii() and url.isprintable()) or " " in url:
+        raise BadRequest(400, "the request URL must be ASCII without spaces (percent-encode it)")
+    return url
 
 
 def is_form(body: bytes) -> bool:
@@ -116,19 +194,22 @@ def is_form(body: bytes) -> bool:
     return not text or all("=" in field for field in text.split("&"))
 
 
+def is_form_type(provider: Provider, content_type: str) -> bool:
+    """Whether the body is read as a form (the declared type wins, as in framing_ok)."""
+    if content_type == "application/json" or content_type.endswith("+json"):
+        return False
+    if content_type in FORM_TYPES:
+        return True
+    return provider.FRAMING == "form"
+
+
 def framing_ok(provider: Provider, body: bytes, content_type: str) -> str | None:
     """None when the body decodes as the framing its content type declares, else why not.
 
     The declared content type wins over the provider's usual framing: Twilio's JSON
     webhooks (application/json, bound by bodySHA256) are JSON, not a form.
     """
-    if content_type == "application/json" or content_type.endswith("+json"):
-        form = False
-    elif content_type == "application/x-www-form-urlencoded":
-        form = True
-    else:
-        form = provider.FRAMING == "form"
-    if form:
+    if is_form_type(provider, content_type):
         if not is_form(body):
             return "body is not a valid application/x-www-form-urlencoded form"
         return None
@@ -139,20 +220,32 @@ def framing_ok(provider: Provider, body: bytes, content_type: str) -> str | None
     return None
 
 
-async def read_limited(request: web.Request, limit: int) -> bytes | None:
-    """The whole body, or None as soon as it exceeds `limit` bytes.
+async def read_limited(request: web.Request, limit: int, timeout: float) -> bytes | None:
+    """The whole body, or None as soon as it exceeds `limit` bytes; BadRequest (408) when
+    it has not arrived `timeout` seconds after the request head.
 
     `StreamReader.read(n)` returns what is buffered (one TCP segment or chunk), not n
     bytes, so a body arriving in pieces must be read in a loop until EOF.
     """
     body = bytearray()
-    while True:
-        piece = await request.content.read(limit + 1 - len(body))
-        if not piece:
-            return bytes(body)
-        body += piece
-        if len(body) > limit:
-            return None
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                piece = await request.content.read(limit + 1 - len(body))
+                if not piece:
+                    return bytes(body)
+                body += piece
+                if len(body) > limit:
+                    return None
+    except TimeoutError:
+        raise BadRequest(408, f"request body not received within {timeout:g} s") from None
+
+
+def json_problem(body: bytes) -> str | None:
+    """Why an accepted JSON body must not reach a raw topic, or None."""
+    if limits.json_too_deep(body, limits.MAX_JSON_DEPTH):
+        return f"JSON nested deeper than {limits.MAX_JSON_DEPTH} levels"
+    return None
 
 
 class Gateway:
@@ -161,10 +254,29 @@ class Gateway:
         self.sink = sink
         self.read_model = read_model
         self._enabled: dict[str, bool] = {}  # enabled() depends on the settings only
+        self._limits: dict[str, int] = {}
+        self._seen: dict[str, replay.SeenCache] = {}  # per provider with replay_key()
+
+    def body_limit(self, name: str, provider: Provider) -> int:
+        """The largest body `name` accepts: MSGSTATUS_MAX_BODY_BYTES, capped so that the
+        raw record (body + envelope) fits the producer's request limit, and smaller for
+        providers whose callbacks are small."""
+        limit = self._limits.get(name)
+        if limit is None:
+            ceiling = raw.body_ceiling(provider.SIGNATURE_HEADERS, MAX_REQUEST_BYTES)
+            small = SMALL_BODY_BYTES if name in SMALL_BODY_PROVIDERS else math.inf
+            limit = self._limits[name] = int(min(self.settings.max_body_bytes, ceiling, small))
+        return limit
+
+    def general_body_limit(self) -> int:
+        """The body limit of a provider that keeps the most headers (for the start-up log)."""
+        worst = max((len(p.SIGNATURE_HEADERS) for p in providers.REGISTRY.values()), default=0)
+        ceiling = raw.body_ceiling([f"x{i}" for i in range(worst)], MAX_REQUEST_BYTES)
+        return min(self.settings.max_body_bytes, ceiling)
 
     def app(self) -> web.Application:
         app = web.Application(
-            middlewares=[json_errors], client_max_size=self.settings.max_body_bytes + 1
+            middlewares=[json_errors], client_max_size=self.general_body_limit() + 1
         )
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
@@ -198,7 +310,7 @@ class Gateway:
     async def meta_handshake(self, request: web.Request) -> web.Response:
         meta = providers.get("meta")
         if meta is None or not meta.enabled(self.settings):
-            return error(404, "provider 'meta' is not enabled")
+            return not_found("meta")
         challenge = meta.handshake(request.query, self.settings)
         if challenge is None:
             return error(403, "hub.verify_token does not match")
@@ -227,27 +339,46 @@ class Gateway:
     async def _answer(
         self, request: web.Request, name: str, provider: Provider | None
     ) -> web.Response:
-        if provider is None:
-            return error(404, f"unknown provider {name!r}")
-        if not self._is_enabled(name, provider):
-            return error(404, f"provider {name!r} is not enabled (its secret is not configured)")
+        if provider is None or not self._is_enabled(name, provider):
+            return not_found(name)
         methods = getattr(provider, "HTTP_METHODS", ("POST",))
         if request.method not in methods:
             return error(
                 405, f"{name} receipts are not sent as {request.method}", Allow=", ".join(methods)
             )
-        payload = await self._payload(request, provider)
+        try:
+            return await self._accept(request, name, provider)
+        except BadRequest as exc:
+            response = error(exc.status, str(exc))
+            if exc.status == 408:
+                response.force_close()  # the client stalled: do not keep its connection
+            return response
+
+    async def _accept(self, request: web.Request, name: str, provider: Provider) -> web.Response:
+        settings = self.settings
+        limit = self.body_limit(name, provider)
+        payload = await self._payload(request, provider, limit)
         if isinstance(payload, web.Response):
             return payload
         body, content_type = payload
+        url = public_url(request, settings)
+        # Counted, not parsed: a form's fields are what the signature check works through.
+        if content_type in FORM_TYPES and limits.form_fields(body) > limits.MAX_FORM_FIELDS:
+            return error(400, f"form with more than {limits.MAX_FORM_FIELDS} fields")
         webhook = WebhookRequest(
             provider=name,
             method=request.method,
-            url=public_url(request, self.settings),
+            url=url,
             headers={k.lower(): v for k, v in request.headers.items()},
             body=body,
             received_at=time.time(),
         )
+        problem = raw.envelope_problem(webhook, provider.SIGNATURE_HEADERS)
+        if problem is not None:
+            return error(*problem)
+        prepare = getattr(provider, "prepare", None)
+        if prepare is not None:  # e.g. SES: fetch the SNS certificate, off the event loop
+            await prepare(webhook, settings)
         verified = self._verified(provider, webhook)
         if isinstance(verified, web.Response):
             return verified
@@ -257,35 +388,44 @@ class Gateway:
             body = webhook.body
             if not body and webhook.method == "GET":
                 return error(400, "GET receipt without parameters besides its token")
-        problem = framing_ok(provider, body, content_type)
-        if problem:
-            return error(400, problem)
-        record = raw.encode(self.settings.topic(f"raw.{name}"), webhook, provider.SIGNATURE_HEADERS)
+        problem_text = framing_ok(provider, body, content_type) or (
+            json_problem(body) if not is_form_type(provider, content_type) else None
+        )
+        if problem_text:
+            return error(400, problem_text)
+        claim = self._claim(name, provider, webhook)
+        if isinstance(claim, web.Response):
+            return claim
+        record = raw.encode(settings.topic(f"raw.{name}"), webhook, provider.SIGNATURE_HEADERS)
         try:
             await self.sink.publish(record)
         except KafkaUnavailable as exc:
+            if claim is not None:
+                self._seen[name].release(claim)
             log.warning("answering 503 to %s: %s", name, exc)
             return error(
                 503,
                 "event store unavailable, retry later",
                 **{"Retry-After": RETRY_AFTER_SECONDS},
             )
+        except BaseException:
+            if claim is not None:
+                self._seen[name].release(claim)
+            raise
+        if claim is not None:
+            self._seen[name].stored(claim)
         # SES via SNS: a verified, stored SubscriptionConfirmation is confirmed by a GET of
         # its SubscribeURL (allow-listed SNS hosts only, 5 s timeout), scheduled in the
         # background so the answer is not delayed; MSGSTATUS_SES_AUTO_CONFIRM=0 disables it.
         if name == ses.NAME:
-            ses.schedule_confirmation(webhook, self.settings)
-        answer = getattr(provider, "SUCCESS_ANSWER", None)  # e.g. Jasmin wants `ACK/Jasmin`
-        if answer is not None:
-            return web.Response(body=answer[0], content_type=answer[1])
-        return ok({"status": "accepted"})
+            ses.schedule_confirmation(webhook, settings)
+        return accepted(provider)
 
     async def _payload(
-        self, request: web.Request, provider: Provider
+        self, request: web.Request, provider: Provider, limit: int
     ) -> tuple[bytes, str] | web.Response:
         """(body, content type) of a webhook; a GET receipt's body is its raw query string
         (byte for byte, so a replay re-parses it), framed as a form."""
-        limit = self.settings.max_body_bytes
         if request.method == "GET":
             query = request.rel_url.raw_query_string.encode()
             if not query:
@@ -299,13 +439,38 @@ class Gateway:
         if content_type not in provider.CONTENT_TYPES:
             return error(
                 415,
-                f"content type {content_type or '(none)'!r} not accepted; "
+                f"content type {content_type[:64] or '(none)'!r} not accepted; "
                 f"expected one of {', '.join(provider.CONTENT_TYPES)}",
             )
-        body = await read_limited(request, limit)
+        body = await read_limited(request, limit, self.settings.http_body_timeout)
         if body is None:
             return error(413, f"body larger than {limit} bytes")
         return body, content_type
+
+    def _claim(
+        self, name: str, provider: Provider, webhook: WebhookRequest
+    ) -> str | web.Response | None:
+        """The replay key claimed for this request (None: the scheme has none), or the
+        answer when the key was seen before (processors/providers/replay.py)."""
+        replay_key = getattr(provider, "replay_key", None)
+        found = replay_key(webhook, self.settings) if replay_key is not None else None
+        if found is None:
+            return None
+        seen = self._seen.get(name)
+        if seen is None:
+            seen = self._seen[name] = replay.SeenCache()
+        outcome = seen.claim(found.key, webhook.body, found.ttl)
+        if outcome == replay.NEW:
+            return found.key
+        if outcome == replay.DUPLICATE:  # a retry of what is stored already
+            return accepted(provider, duplicate=True)
+        if outcome == replay.PENDING:
+            return error(
+                503,
+                "an identical request is being stored, retry later",
+                **{"Retry-After": RETRY_AFTER_SECONDS},
+            )
+        return error(401, "signature check failed: this request's nonce/token/id was already used")
 
     def _verified(
         self, provider: Provider, webhook: WebhookRequest
@@ -324,7 +489,7 @@ class Gateway:
         token = self.settings.api_token
         auth = request.headers.get("Authorization", "")
         if not token:
-            return error(404, "the query API is disabled: set MSGSTATUS_API_TOKEN")
+            return error(404, "the query API is not enabled")
         if not auth.startswith("Bearer ") or not constant_time_equal(token, auth[7:].strip()):
             return error(401, "missing or wrong Bearer token")
         if self.read_model is None:
@@ -332,20 +497,49 @@ class Gateway:
         key = request.match_info["message_key"]
         try:
             doc = await self.read_model.get(key)
-        except ReadModelUnavailable as exc:
-            return error(503, str(exc), **{"Retry-After": RETRY_AFTER_SECONDS})
+        except ReadModelUnavailable as exc:  # its text names Redis's address: logs only
+            log.warning("answering 503 to a query: %s", one_line(exc))
+            return error(
+                503, "read model unavailable, retry later", **{"Retry-After": RETRY_AFTER_SECONDS}
+            )
         if doc is None:
-            return error(404, f"unknown message {key!r}")
+            return error(404, f"unknown message {key[:300]!r}")
         return ok(doc)
+
+
+def make_runner(gateway: Gateway) -> web.AppRunner:
+    """The gateway's aiohttp runner: no access log, aiohttp's own errors on one line,
+    and a connection closed when it has not sent a complete request head within
+    MSGSTATUS_HTTP_HEADER_TIMEOUT of opening or of its previous answer (a slow or stalled
+    client; aiohttp applies its keep-alive timeout from the connection's start)."""
+    return web.AppRunner(
+        gateway.app(),
+        access_log=None,
+        logger=OneLineServerLog(logging.getLogger("aiohttp.server"), {}),
+        keepalive_timeout=gateway.settings.http_header_timeout,
+        # After refusing a request whose body it did not read (413, 408), aiohttp reads
+        # and drops the rest for this long before closing (10 s by default): enough for
+        # a client to finish sending and read the answer, not a slot for a stalled one.
+        lingering_time=LINGERING_SECONDS,
+    )
 
 
 async def serve(settings: Settings, sink: RawSink, read_model: ReadModel | None) -> None:
     """Run until cancelled (the CLI cancels on SIGINT/SIGTERM)."""
-    runner = web.AppRunner(Gateway(settings, sink, read_model).app(), access_log=None)
+    gateway = Gateway(settings, sink, read_model)
+    runner = make_runner(gateway)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port, backlog=1024)
     await site.start()
-    log.warning("gateway listening on http://%s:%s", settings.http_host, settings.http_port)
+    limit = gateway.general_body_limit()
+    capped = "" if limit == settings.max_body_bytes else " (MSGSTATUS_MAX_BODY_BYTES capped)"
+    log.warning(
+        "gateway listening on http://%s:%s, bodies up to %d bytes%s",
+        settings.http_host,
+        settings.http_port,
+        limit,
+        capped,
+    )
     try:
         await asyncio.Event().wait()
     finally:

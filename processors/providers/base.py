@@ -147,12 +147,16 @@ class Provider(Protocol):
     def parse(self, request: WebhookRequest) -> ParseResult: ...
 
 
+def as_bytes(value: str | bytes) -> bytes:
+    """UTF-8 bytes of any str: header values carry undecodable bytes as lone surrogates
+    (aiohttp decodes them with surrogateescape), which plain .encode() refuses."""
+    return value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
+
+
 def constant_time_equal(expected: str | bytes, given: str | bytes | None) -> bool:
     if given is None:
         return False
-    a = expected.encode() if isinstance(expected, str) else expected
-    b = given.encode() if isinstance(given, str) else given
-    return hmac.compare_digest(a, b)
+    return hmac.compare_digest(as_bytes(expected), as_bytes(given))
 
 
 def bearer_or_token(request: WebhookRequest) -> str | None:

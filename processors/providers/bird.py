@@ -197,10 +197,16 @@ def legacy_token(
     return jwt_hmac.encode(claims, signing_key, alg)
 
 
+# Bird retries for 8 hours with the timestamp it first signed: a
+# shorter window would turn every retry after a gateway outage into a 401 and lose the
+# status for good, while a replay inside the window is only a duplicate (never applied twice).
+DEFAULT_MAX_AGE = 32_400.0
+
+
 def _window(settings: Settings) -> float:
     raw = settings.secret(MAX_AGE)
     if raw is None:
-        return settings.replay_window
+        return max(settings.replay_window, DEFAULT_MAX_AGE)
     try:
         window = float(raw)
     except ValueError:

@@ -20,7 +20,13 @@ from urllib.parse import unquote
 import orjson
 
 from processors.model import ERROR_CATEGORIES, STATUSES, ErrorInfo, parse_time
-from processors.providers.base import DeadItem, FramingError, ParseResult, WebhookRequest
+from processors.providers.base import (
+    DeadItem,
+    FramingError,
+    ParseResult,
+    WebhookRequest,
+    as_bytes,
+)
 
 # Latest plausible provider time (year 9999): anything beyond is garbage, not a date.
 _MAX_EPOCH = 253_402_300_799.0
@@ -240,8 +246,8 @@ def _keyed_hmac(key: bytes, digest: str) -> hmac.HMAC:
 
 def any_equal(expected: Iterable[str], given: str) -> bool:
     """Constant-time membership: every candidate is compared, no early exit."""
-    given_bytes = given.encode()
+    given_bytes = as_bytes(given)
     found = False
     for candidate in expected:
-        found |= hmac.compare_digest(candidate.encode(), given_bytes)
+        found |= hmac.compare_digest(as_bytes(candidate), given_bytes)
     return found

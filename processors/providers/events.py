@@ -3,8 +3,10 @@
 Used to register outbound messages (with the account a poller needs), report send-time
 failures, and cover channels without provider webhooks. Validation is strict and each
 rejected item gets a precise reason, because the sender is ours to fix
-(DESIGN.md section 7). Authenticated by `Authorization: Bearer MSGSTATUS_API_TOKEN` or
-a Standard Webhooks signature (MSGSTATUS_EVENTS_WEBHOOK_SECRET).
+(DESIGN.md section 7). Authenticated by `Authorization: Bearer MSGSTATUS_EVENTS_TOKEN`
+(the write token; MSGSTATUS_API_TOKEN only reads) or a Standard Webhooks signature
+(MSGSTATUS_EVENTS_WEBHOOK_SECRET): `webhook-timestamp` within MSGSTATUS_REPLAY_WINDOW of
+when the gateway received the request, and `webhook-id` remembered by the gateway.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from processors.providers.base import (
     WebhookRequest,
     constant_time_equal,
 )
+from processors.providers.freshness import require_fresh
+from processors.providers.replay import ReplayKey, usable_key, window_ttl
 
 NAME = "events"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
@@ -43,7 +47,6 @@ FRAMING = "json"
 # Standard Webhooks headers carry no secret; the Bearer token does, so it is not kept.
 SIGNATURE_HEADERS: tuple[str, ...] = ("webhook-id", "webhook-timestamp", "webhook-signature")
 SECRET = "EVENTS_WEBHOOK_SECRET"
-TOLERANCE_SECONDS = 300  # Standard Webhooks: refuse replays older/newer than 5 minutes
 
 # Reporters speak canonical statuses already; only the emitter derives delivery_unknown.
 ACCEPTED_STATUSES: frozenset[str] = STATUSES - {"delivery_unknown"}
@@ -53,7 +56,7 @@ DEFAULT_CHANNEL = "api"
 
 
 def enabled(settings: Settings) -> bool:
-    return settings.api_token is not None or settings.secret(SECRET) is not None
+    return settings.events_token is not None or settings.secret(SECRET) is not None
 
 
 # --- authentication -------------------------------------------------------------------
@@ -84,43 +87,53 @@ def sign(body: bytes, secret: str, msg_id: str, timestamp: int) -> dict[str, str
     }
 
 
-def _verify_standard_webhooks(request: WebhookRequest, secret: str) -> None:
+def _verify_standard_webhooks(request: WebhookRequest, secret: str, window: float) -> None:
     msg_id = (request.header("webhook-id") or "").strip()
     stamp = (request.header("webhook-timestamp") or "").strip()
     given = request.header("webhook-signature") or ""
     if not msg_id or not stamp:
         raise SignatureError("webhook-id and webhook-timestamp headers are required")
+    if usable_key(msg_id) is None:
+        raise SignatureError("webhook-id must be printable ASCII, at most 256 characters")
     if not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 12:
         raise SignatureError("webhook-timestamp must be unix seconds")
-    # The time we received it, not now: a replayed raw record re-verifies the same way.
-    if abs(int(stamp) - request.received_at) > TOLERANCE_SECONDS:
-        raise SignatureError("webhook-timestamp is outside the 5 minute tolerance")
     expected = calculate_signature(secret, msg_id, stamp, request.body)
     candidates = [part for part in given.split() if part.startswith("v1,")]
     if not candidates:
         raise SignatureError("webhook-signature has no v1 signature")
     if not any(constant_time_equal(expected, candidate) for candidate in candidates):
         raise SignatureError("webhook-signature does not match")
+    # The time we received it, not now: a replayed raw record re-verifies the same way.
+    require_fresh(float(stamp), request.received_at, window, "webhook-timestamp")
 
 
 def verify(request: WebhookRequest, settings: Settings) -> None:
-    """Bearer token first, else Standard Webhooks signature; raises SignatureError only."""
+    """Bearer write token first, else Standard Webhooks signature; SignatureError only."""
     auth = request.header("authorization") or ""
     scheme, _, credential = auth.strip().partition(" ")
     if scheme.lower() == "bearer" and credential.strip():
-        if settings.api_token is not None and constant_time_equal(
-            settings.api_token, credential.strip()
+        if settings.events_token is not None and constant_time_equal(
+            settings.events_token, credential.strip()
         ):
             return
         if not request.header("webhook-signature"):
-            raise SignatureError("invalid bearer token")
+            raise SignatureError("invalid bearer token (the write token, MSGSTATUS_EVENTS_TOKEN)")
     secret = settings.secret(SECRET)
     if request.header("webhook-signature"):
         if secret is None:
             raise SignatureError("signed requests are not enabled (no webhook secret set)")
-        _verify_standard_webhooks(request, secret)
+        _verify_standard_webhooks(request, secret, settings.replay_window)
         return
     raise SignatureError("missing `Authorization: Bearer` or Standard Webhooks signature")
+
+
+def replay_key(request: WebhookRequest, settings: Settings) -> ReplayKey | None:
+    """`webhook-id` of a signed request (Standard Webhooks: the same id on every retry).
+    Bearer requests carry none: the sender's own retries are new requests."""
+    if not request.header("webhook-signature"):
+        return None
+    key = usable_key(request.header("webhook-id"))
+    return ReplayKey(key, window_ttl(settings.replay_window)) if key else None
 
 
 # --- parsing ----------------------------------------------------------------------------

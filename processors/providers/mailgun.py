@@ -1,9 +1,11 @@
 """Mailgun webhooks: one JSON event per POST, the signature inside the body.
 
 `{"signature": {"timestamp", "token", "signature"}, "event-data": {...}}`; the signature
-is hex HMAC-SHA256(MSGSTATUS_MAILGUN_SIGNING_KEY, timestamp + token). A timestamp more
-than 10 minutes away from when we received the POST is refused (replay window), measured
-against `received_at` so a stored raw record re-verifies the same way.
+is hex HMAC-SHA256(MSGSTATUS_MAILGUN_SIGNING_KEY, timestamp + token). A timestamp further
+than MSGSTATUS_REPLAY_WINDOW (5 minutes) from when we received the POST is refused,
+measured against `received_at` so a stored raw record re-verifies the same way. The
+signature does not cover `event-data`: the gateway remembers every token it accepted
+(processors/providers/replay.py) and refuses it with any other body.
 
 Key: `event-data.message.headers.message-id` (the Message-Id Mailgun answered on send,
 without angle brackets); account: the domain part of that id, i.e. the sending domain
@@ -28,6 +30,8 @@ from processors.providers.base import (
     WebhookRequest,
     constant_time_equal,
 )
+from processors.providers.freshness import require_fresh
+from processors.providers.replay import ReplayKey, usable_key, window_ttl
 
 NAME = "mailgun"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
@@ -35,7 +39,6 @@ FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # the signature travels in the body
 SECRET = "MAILGUN_SIGNING_KEY"
 CHANNEL = "email"
-TOLERANCE_SECONDS = 600
 
 # `event-data.event` (PROVIDERS.md "Email"); `failed` is decided by its severity below.
 STATUS_MAP: dict[str, str] = {
@@ -98,13 +101,10 @@ def sign(event_data: Mapping[str, Any], signing_key: str, timestamp: int, token:
     )
 
 
-def verify(request: WebhookRequest, settings: Settings) -> None:
-    """HMAC over the body's timestamp + token, within 10 minutes; raises SignatureError only."""
-    key = settings.secret(SECRET)
-    if key is None:
-        raise SignatureError("mailgun is not configured (MSGSTATUS_MAILGUN_SIGNING_KEY unset)")
+def _signature_block(body: bytes) -> tuple[str, str, str]:
+    """(timestamp, token, signature) of the body's `signature` object; empty when absent."""
     try:
-        data = orjson.loads(request.body)
+        data = orjson.loads(body)
     except (orjson.JSONDecodeError, ValueError, TypeError, RecursionError):
         raise SignatureError("cannot verify: body is not JSON") from None
     block = common.mapping(common.mapping(data).get("signature"))
@@ -114,14 +114,37 @@ def verify(request: WebhookRequest, settings: Settings) -> None:
     stamp = raw_stamp if isinstance(raw_stamp, str) else ""
     token = block.get("token") if isinstance(block.get("token"), str) else ""
     given = block.get("signature") if isinstance(block.get("signature"), str) else ""
+    return stamp, token, given
+
+
+def verify(request: WebhookRequest, settings: Settings) -> None:
+    """HMAC over the body's timestamp + token, within the replay window; raises
+    SignatureError only.
+
+    The signature does not cover `event-data`: only the gateway's memory of used tokens
+    (`replay_key()`) stops a signature block seen once from carrying other events.
+    """
+    key = settings.secret(SECRET)
+    if key is None:
+        raise SignatureError("mailgun is not configured (MSGSTATUS_MAILGUN_SIGNING_KEY unset)")
+    stamp, token, given = _signature_block(request.body)
     if not stamp or not token or not given:
         raise SignatureError("missing signature.timestamp, .token or .signature in the body")
     if not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 12:
         raise SignatureError("signature.timestamp must be unix seconds")
-    if abs(int(stamp) - request.received_at) > TOLERANCE_SECONDS:
-        raise SignatureError("signature.timestamp is outside the 10 minute window")
+    if usable_key(token) is None:
+        raise SignatureError("signature.token must be printable ASCII, at most 256 characters")
     if not constant_time_equal(calculate_signature(key, stamp, token), given.strip().lower()):
         raise SignatureError("signature does not match")
+    require_fresh(float(stamp), request.received_at, settings.replay_window, "mailgun")
+
+
+def replay_key(request: WebhookRequest, settings: Settings) -> ReplayKey | None:
+    """The signature's token: Mailgun never sends one twice, so a second body with the
+    same token is a forgery (or, with the same body, a retry already stored)."""
+    _, token, _ = _signature_block(request.body)
+    key = usable_key(token)
+    return ReplayKey(key, window_ttl(settings.replay_window)) if key else None
 
 
 # --- parsing ----------------------------------------------------------------------------

@@ -18,6 +18,8 @@ POST with params, base = `scheme://host/path` + "?" + [the URL's query params so
 `k=v` joined by `&`, + "."] + every POST param as `name+value`, sorted by name. The header
 may hold several comma-separated signatures (one per active auth token): any may match.
 The URL is the public URL Plivo called (the gateway builds it from MSGSTATUS_PUBLIC_URL).
+Plivo signs no time: the gateway remembers each nonce (`replay_key`) for at least an
+hour, so a replayed callback within that time is not stored twice.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from processors.providers.base import (
     SignatureError,
     WebhookRequest,
 )
+from processors.providers.replay import ReplayKey, usable_key, window_ttl
 
 NAME = "plivo"
 CONTENT_TYPES: tuple[str, ...] = ("application/x-www-form-urlencoded",)
@@ -45,6 +48,7 @@ MA_SIGNATURE_HEADER = "x-plivo-signature-ma-v3"
 NONCE_HEADER = "x-plivo-signature-v3-nonce"
 SIGNATURE_HEADERS: tuple[str, ...] = (SIGNATURE_HEADER, MA_SIGNATURE_HEADER, NONCE_HEADER)
 SECRET = "PLIVO_AUTH_TOKEN"
+NONCE_TTL = 3600.0  # seconds a nonce is remembered at least (no signed time to bound it)
 
 STATUS_MAP: dict[str, str] = {
     "queued": "queued",
@@ -128,7 +132,7 @@ def calculate_signature(
 ) -> str:
     """X-Plivo-Signature-V3 for a POST of `params` to `url` with this nonce."""
     pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
-    message = f"{signed_base(url, pairs)}.{nonce}".encode()
+    message = f"{signed_base(url, pairs)}.{nonce}".encode("utf-8", "surrogatepass")
     return common.hmac_b64(auth_token, message, "sha256")
 
 
@@ -141,6 +145,8 @@ def verify(request: WebhookRequest, settings: Settings) -> None:
     nonce = request.header(NONCE_HEADER)
     if not given or not nonce:
         raise SignatureError("missing X-Plivo-Signature-V3 or X-Plivo-Signature-V3-Nonce header")
+    if usable_key(nonce) is None:
+        raise SignatureError("X-Plivo-Signature-V3-Nonce must be printable ASCII")
     try:
         params = common.load_form(request.body)
         expected = calculate_signature(token, request.url, nonce, params)
@@ -149,6 +155,13 @@ def verify(request: WebhookRequest, settings: Settings) -> None:
     candidates = [part.strip() for part in given.split(",") if part.strip()]
     if not common.any_equal(candidates, expected):  # constant time, every candidate compared
         raise SignatureError("X-Plivo-Signature-V3 does not match")
+
+
+def replay_key(request: WebhookRequest, settings: Settings) -> ReplayKey | None:
+    """The signed nonce. Plivo signs no time, so remembering nonces (for an hour at
+    least) is the only replay check its scheme allows."""
+    key = usable_key(request.header(NONCE_HEADER))
+    return ReplayKey(key, window_ttl(settings.replay_window, NONCE_TTL)) if key else None
 
 
 def sign(url: str, body: bytes, auth_token: str, nonce: str | None = None) -> dict[str, str]:

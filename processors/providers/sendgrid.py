@@ -8,9 +8,10 @@ and harmless: the ordering agent drops them (PROVIDERS.md "Email").
 Signature, as SendGrid documents it: `X-Twilio-Email-Event-Webhook-Signature` is the
 base64 DER ECDSA (P-256) signature over SHA-256 of `timestamp + raw body`, the timestamp
 being `X-Twilio-Email-Event-Webhook-Timestamp`; the public key is the base64 DER
-SubjectPublicKeyInfo SendGrid shows (MSGSTATUS_SENDGRID_PUBLIC_KEY). SendGrid documents
-no freshness window for the timestamp, so none is enforced: a replayed POST only repeats
-events the ordering agent already knows.
+SubjectPublicKeyInfo SendGrid shows (MSGSTATUS_SENDGRID_PUBLIC_KEY). SendGrid signs each
+POST (retries included) with the time it sends it, so the timestamp must be within
+MSGSTATUS_REPLAY_WINDOW of when the gateway received it: a captured POST cannot be
+replayed later.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from processors.providers.base import (
     SignatureError,
     WebhookRequest,
 )
+from processors.providers.freshness import require_fresh
 
 NAME = "sendgrid"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
@@ -148,7 +150,7 @@ def sign(body: bytes, private_key: ec.EllipticCurvePrivateKey, timestamp: int) -
 
 
 def verify(request: WebhookRequest, settings: Settings) -> None:
-    """ECDSA over timestamp + exact bytes; raises SignatureError only."""
+    """ECDSA over timestamp + exact bytes, within the replay window; SignatureError only."""
     configured = settings.secret(SECRET)
     if configured is None:
         raise SignatureError("sendgrid is not configured (MSGSTATUS_SENDGRID_PUBLIC_KEY unset)")
@@ -170,6 +172,7 @@ def verify(request: WebhookRequest, settings: Settings) -> None:
         key.verify(signature, signed_payload(stamp, request.body), ec.ECDSA(hashes.SHA256()))
     except (InvalidSignature, ValueError):
         raise SignatureError("X-Twilio-Email-Event-Webhook-Signature does not match") from None
+    require_fresh(float(stamp), request.received_at, settings.replay_window, "sendgrid")
 
 
 # --- parsing ----------------------------------------------------------------------------

@@ -8,10 +8,14 @@ documents it ("Verifying the signatures of Amazon SNS messages"):
   SubscribeURL, Timestamp, Token, TopicArn, Type (Subscription/UnsubscribeConfirmation);
 - SignatureVersion 1 is SHA1withRSA, 2 is SHA256withRSA, over that string;
 - the certificate comes only from `https://sns.<region>.amazonaws.com[.cn]/<name>.pem`
-  (an allow-list, no redirects followed) and is cached in-process; the cache can be
-  pre-seeded with MSGSTATUS_SES_SIGNING_CERT_URL + MSGSTATUS_SES_SIGNING_CERT_PEM
-  (offline installs and tests: then nothing is ever fetched);
-- TopicArn must be one of MSGSTATUS_SES_TOPIC_ARN (comma-separated allow-list).
+  (an allow-list, no redirects followed, one spelling per URL), fetched asynchronously
+  by the gateway before verify() (`prepare()`, `CertificateStore`: one fetch per URL at
+  a time, rate-limited, cached); MSGSTATUS_SES_SIGNING_CERT_URL +
+  MSGSTATUS_SES_SIGNING_CERT_PEM pin one certificate instead (offline installs and
+  tests): then nothing is ever fetched and any other SigningCertURL is refused;
+- TopicArn must be one of MSGSTATUS_SES_TOPIC_ARN (comma-separated allow-list);
+- `Timestamp` must be within the replay window of when the gateway received the POST,
+  a window of at least an hour: SNS retries with the original Timestamp.
 
 A SubscriptionConfirmation is verified like a notification; `subscribe_url()` says where
 the confirming GET goes and the gateway performs it in the background
@@ -26,11 +30,11 @@ import asyncio
 import base64
 import binascii
 import functools
-import http.client
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -50,6 +54,8 @@ from processors.providers.base import (
     SignatureError,
     WebhookRequest,
 )
+from processors.providers.freshness import require_fresh
+from processors.providers.replay import ReplayKey, usable_key, window_ttl
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +104,11 @@ HASHES: dict[str, type[hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.S
 
 FETCH_TIMEOUT = 3.0  # seconds; a fetch happens once per certificate (they rotate rarely)
 FETCH_FAILURE_TTL = 300.0  # a failed URL is not retried for 5 minutes
+FETCH_RATE = 6  # certificate fetches per minute, all URLs together
 MAX_CERT_BYTES = 65_536
-MAX_CACHED = 64
+MAX_CACHED = 256  # good keys (SNS has one certificate per region and rotation)
+MAX_FAILED = 1024  # failed URLs remembered (their retry delay), apart from good keys
+SNS_MIN_WINDOW = 3600.0
 CONFIRM_TIMEOUT = 5.0
 
 # `eventType` (event publishing) or `notificationType` (identity feedback), lower-cased.
@@ -169,9 +178,20 @@ def enabled(settings: Settings) -> bool:
 # --- URLs -------------------------------------------------------------------------------
 
 
+def _clean_url(url: Any) -> str | None:
+    """`url` if it is a plausible URL string: bounded, ASCII, no whitespace or control
+    characters (urlsplit silently drops tabs and newlines: one URL, many spellings)."""
+    if not isinstance(url, str) or not url or len(url) > 2048:
+        return None
+    if not url.isascii() or not url.isprintable() or " " in url:
+        return None
+    return url
+
+
 def sns_host(url: Any) -> str | None:
     """The host of an `https://sns.<region>.amazonaws.com[.cn]/...` URL, else None."""
-    if not isinstance(url, str) or len(url) > 4096:
+    url = _clean_url(url)
+    if url is None:
         return None
     try:
         parts = urlsplit(url)
@@ -186,11 +206,22 @@ def sns_host(url: Any) -> str | None:
     return host
 
 
-def certificate_url_allowed(url: Any) -> bool:
-    if sns_host(url) is None:
-        return False
+def certificate_url(url: Any) -> str | None:
+    """The one spelling of an allow-listed certificate URL (`https://<host lower-case>
+    /<name>.pem`, no port), or None: the cache and the pinned URL compare this form."""
+    host = sns_host(url)
+    if host is None:
+        return None
     parts = urlsplit(url)
-    return bool(CERT_PATH_RE.fullmatch(parts.path)) and not parts.query and not parts.fragment
+    if not CERT_PATH_RE.fullmatch(parts.path) or parts.query or parts.fragment:
+        return None
+    if "?" in url or "#" in url:
+        return None
+    return f"https://{host}{parts.path}"
+
+
+def certificate_url_allowed(url: Any) -> bool:
+    return certificate_url(url) is not None
 
 
 # --- certificates ---------------------------------------------------------------------------
@@ -210,62 +241,147 @@ def load_certificate_key(pem: str) -> rsa.RSAPublicKey:
     return key
 
 
-def fetch_certificate(url: str) -> str:
-    """GET the PEM from an allow-listed SNS URL (short timeout, no redirects, size cap).
+async def fetch_certificate(url: str) -> str:
+    """GET the PEM from an allow-listed SNS URL (timeout, no redirects, size cap).
 
-    Only the gateway ever calls this, and only for a URL nobody pre-seeded; tests
-    pre-seed their certificate and replace this function, so they never go out.
+    Only the gateway calls this, through CERTIFICATES, and only for a URL nobody pinned;
+    tests pin their certificate or give the store another fetcher, so they never go out.
     """
-    if not certificate_url_allowed(url):
+    import aiohttp
+
+    clean = certificate_url(url)
+    if clean is None:
         raise ValueError("certificate URL is not an SNS URL")
-    parts = urlsplit(url)
-    conn = http.client.HTTPSConnection(parts.hostname or "", timeout=FETCH_TIMEOUT)
-    try:
-        conn.request("GET", parts.path, headers={"User-Agent": "msgstatus"})
-        answer = conn.getresponse()
+    timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.get(clean, allow_redirects=False, headers={"User-Agent": "msgstatus"}) as answer,
+    ):
         if answer.status != 200:
             raise ValueError(f"certificate URL answered HTTP {answer.status}")
-        body = answer.read(MAX_CERT_BYTES + 1)
-    finally:
-        conn.close()
+        body = await answer.content.read(MAX_CERT_BYTES + 1)
     if len(body) > MAX_CERT_BYTES:
         raise ValueError("certificate larger than expected")
     return body.decode("ascii", "replace")
 
 
-# url -> (key, None) once fetched, or (None, retry-after monotonic time) after a failure.
-_FETCHED: dict[str, tuple[rsa.RSAPublicKey | None, float | None]] = {}
+Fetcher = Callable[[str], Awaitable[str]]
+
+
+class CertificateStore:
+    """SNS signing keys by normalised certificate URL, fetched off the request path.
+
+    `verify()` is synchronous and only reads `key()`; the gateway awaits `prepare()`
+    first, which fetches a missing certificate: one fetch per URL at a time (concurrent
+    requests wait for the same one), at most FETCH_RATE fetches per minute overall, a
+    failed URL not retried for FETCH_FAILURE_TTL. Good keys and failures are kept apart
+    (bounded each, least recently used first out), so bogus URLs cannot push out the
+    certificate SNS really signs with.
+    """
+
+    def __init__(self, fetcher: Fetcher | None = None) -> None:
+        self.fetcher: Fetcher = fetcher or fetch_certificate
+        self._keys: OrderedDict[str, rsa.RSAPublicKey] = OrderedDict()
+        self._failed: OrderedDict[str, float] = OrderedDict()  # url -> retry at (monotonic)
+        self._inflight: dict[str, asyncio.Future[None]] = {}
+        self._fetches: deque[float] = deque()  # monotonic times of recent fetches
+
+    def key(self, url: str) -> rsa.RSAPublicKey | None:
+        key = self._keys.get(url)
+        if key is not None:
+            self._keys.move_to_end(url)
+        return key
+
+    def _allowed_now(self, url: str, now: float) -> str | None:
+        """Why `url` may not be fetched now, or None."""
+        retry_at = self._failed.get(url)
+        if retry_at is not None and now < retry_at:
+            return "a recent fetch failed"
+        while self._fetches and now - self._fetches[0] > 60.0:
+            self._fetches.popleft()
+        if len(self._fetches) >= FETCH_RATE:
+            return "too many certificate fetches in the last minute"
+        return None
+
+    async def ensure(self, url: str) -> None:
+        """Fetch `url` unless it is cached, failing or over the rate; never raises
+        (verify() then says the certificate is unavailable)."""
+        if url in self._keys:
+            return
+        running = self._inflight.get(url)
+        if running is not None:
+            await asyncio.shield(running)
+            return
+        now = time.monotonic()
+        refused = self._allowed_now(url, now)
+        if refused is not None:
+            log.debug("not fetching SNS certificate %s: %s", url, refused)
+            return
+        self._fetches.append(now)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight[url] = done
+        try:
+            pem = await asyncio.wait_for(self.fetcher(url), FETCH_TIMEOUT + 1)
+            self._remember_key(url, load_certificate_key(pem))
+            self._failed.pop(url, None)
+        except Exception as exc:  # network, TLS, HTTP status, PEM: all mean "cannot verify"
+            log.warning("cannot fetch SNS signing certificate %s: %s", url, exc)
+            self._failed[url] = time.monotonic() + FETCH_FAILURE_TTL
+            self._failed.move_to_end(url)
+            while len(self._failed) > MAX_FAILED:
+                self._failed.popitem(last=False)
+        finally:
+            del self._inflight[url]
+            done.set_result(None)
+
+    def _remember_key(self, url: str, key: rsa.RSAPublicKey) -> None:
+        self._keys[url] = key
+        self._keys.move_to_end(url)
+        while len(self._keys) > MAX_CACHED:
+            self._keys.popitem(last=False)
+
+
+CERTIFICATES = CertificateStore()
+
+
+def pinned(settings: Settings) -> tuple[str, str] | None:
+    """(normalised URL, PEM) of the pinned certificate, when one is configured."""
+    pem = settings.secret(CERT_PEM_SETTING)
+    if not pem:
+        return None
+    return certificate_url(settings.secret(CERT_URL_SETTING)) or "", pem
 
 
 def certificate_key(url: str, settings: Settings) -> rsa.RSAPublicKey:
-    """The signing key for an allow-listed URL: pre-seeded, cached, or fetched once."""
-    seeded_url = (settings.secret(CERT_URL_SETTING) or "").strip()
-    seeded_pem = settings.secret(CERT_PEM_SETTING)
-    if seeded_pem and seeded_url == url:
+    """The signing key for a normalised certificate URL: pinned or already fetched."""
+    pin = pinned(settings)
+    if pin is not None:
+        if url != pin[0]:
+            raise SignatureError(
+                "SigningCertURL is not the pinned certificate (MSGSTATUS_SES_SIGNING_CERT_URL)"
+            )
         try:
-            return load_certificate_key(seeded_pem)
+            return load_certificate_key(pin[1])
         except ValueError as exc:
             raise SignatureError(f"MSGSTATUS_SES_SIGNING_CERT_PEM is unusable: {exc}") from None
-    now = time.monotonic()
-    key, retry_at = _FETCHED.get(url, (None, None))
-    if key is not None:
-        return key
-    if retry_at is not None and now < retry_at:
-        raise SignatureError("SNS signing certificate unavailable (recent fetch failed)")
-    try:
-        key = load_certificate_key(fetch_certificate(url))
-    except Exception as exc:  # network, TLS, HTTP status, PEM: all mean "cannot verify"
-        log.warning("cannot fetch SNS signing certificate from %s: %s", sns_host(url), exc)
-        _remember(url, (None, now + FETCH_FAILURE_TTL))
-        raise SignatureError("SNS signing certificate could not be fetched") from None
-    _remember(url, (key, None))
+    key = CERTIFICATES.key(url)
+    if key is None:
+        raise SignatureError("SNS signing certificate unavailable (not fetched, or fetch failed)")
     return key
 
 
-def _remember(url: str, entry: tuple[rsa.RSAPublicKey | None, float | None]) -> None:
-    if url not in _FETCHED and len(_FETCHED) >= MAX_CACHED:
-        _FETCHED.pop(next(iter(_FETCHED)))
-    _FETCHED[url] = entry
+async def prepare(request: WebhookRequest, settings: Settings) -> None:
+    """Before verify(), in the gateway: fetch the signing certificate the envelope names,
+    if it is for an allow-listed topic, not pinned and not cached yet."""
+    envelope = _envelope(request.body)
+    if envelope is None or pinned(settings) is not None:
+        return
+    topic = envelope.get("TopicArn")
+    if not isinstance(topic, str) or topic not in topic_arns(settings):
+        return
+    url = certificate_url(envelope.get("SigningCertURL"))
+    if url is not None:
+        await CERTIFICATES.ensure(url)
 
 
 # --- signature ----------------------------------------------------------------------------
@@ -297,7 +413,8 @@ def _envelope(body: bytes) -> dict[str, Any] | None:
 
 
 def verify(request: WebhookRequest, settings: Settings) -> None:
-    """SNS signature, certificate origin and TopicArn allow-list; raises SignatureError only."""
+    """SNS signature, certificate origin, TopicArn allow-list and replay window; raises
+    SignatureError only. Never fetches: the gateway's prepare() did that."""
     allowed = topic_arns(settings)
     if not allowed:
         raise SignatureError("ses is not configured (MSGSTATUS_SES_TOPIC_ARN unset)")
@@ -305,15 +422,16 @@ def verify(request: WebhookRequest, settings: Settings) -> None:
     if envelope is None:
         raise SignatureError("body is not an SNS message (a JSON object)")
     kind = envelope.get("Type")
-    if kind != NOTIFICATION and kind not in CONFIRMATIONS:
+    if not isinstance(kind, str) or (kind != NOTIFICATION and kind not in CONFIRMATIONS):
         raise SignatureError("not an SNS Notification or (Un)SubscriptionConfirmation")
-    if envelope.get("TopicArn") not in allowed:
+    topic = envelope.get("TopicArn")
+    if not isinstance(topic, str) or topic not in allowed:
         raise SignatureError("TopicArn is not in MSGSTATUS_SES_TOPIC_ARN")
     version = envelope.get("SignatureVersion")
-    if version not in HASHES:
+    if not isinstance(version, str) or version not in HASHES:
         raise SignatureError("SignatureVersion must be 1 or 2")
-    cert_url = envelope.get("SigningCertURL")
-    if not certificate_url_allowed(cert_url):
+    cert_url = certificate_url(envelope.get("SigningCertURL"))
+    if cert_url is None:
         raise SignatureError("SigningCertURL is not an https://sns.<region>.amazonaws.com URL")
     try:
         signed = string_to_sign(envelope)
@@ -327,6 +445,29 @@ def verify(request: WebhookRequest, settings: Settings) -> None:
         key.verify(signature, signed, padding.PKCS1v15(), HASHES[version]())
     except (InvalidSignature, ValueError):
         raise SignatureError("SNS message signature does not match") from None
+    require_fresh(
+        common.event_time(envelope.get("Timestamp")),
+        request.received_at,
+        sns_window(settings),
+        "SNS Timestamp",
+    )
+
+
+def sns_window(settings: Settings) -> float:
+    """SNS retries a notification with its original Timestamp for up to an hour (the
+    longest HTTP delivery policy), so its window is never shorter than that."""
+    window = settings.replay_window
+    return max(window, SNS_MIN_WINDOW) if window > 0 else 0.0
+
+
+def replay_key(request: WebhookRequest, settings: Settings) -> ReplayKey | None:
+    """SNS redelivers a message with its MessageId: a copy already stored is answered
+    200 without being written again."""
+    envelope = _envelope(request.body)
+    key = usable_key(envelope.get("MessageId")) if envelope else None
+    if key is None:
+        return None
+    return ReplayKey(key, window_ttl(sns_window(settings)))
 
 
 # --- signing helpers (tests and the demo sender) ------------------------------------------

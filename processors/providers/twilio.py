@@ -29,6 +29,7 @@ CONTENT_TYPES: tuple[str, ...] = ("application/x-www-form-urlencoded", "applicat
 FRAMING = "form"
 SIGNATURE_HEADERS: tuple[str, ...] = ("x-twilio-signature",)
 SECRET = "TWILIO_AUTH_TOKEN"
+ACCOUNT_SID = "TWILIO_ACCOUNT_SID"  # optional: binds the environment's token to an account
 
 # Twilio's MessageStatus words; ours are the same names by design.
 STATUS_MAP: dict[str, str] = {
@@ -168,7 +169,8 @@ def calculate_signature(
     Params are sorted by name, then by value for repeated names, as Twilio's official
     validators do; a repeated name contributes every one of its values.
     """
-    return common.hmac_b64(auth_token, (url + signed_params(params)).encode("utf-8"), "sha1")
+    message = (url + signed_params(params)).encode("utf-8", "surrogatepass")
+    return common.hmac_b64(auth_token, message, "sha1")
 
 
 def signed_params(params: Mapping[str, str] | Iterable[tuple[str, str]]) -> str:
@@ -220,23 +222,54 @@ def _query_param(url: str, name: str) -> str | None:
 
 
 def auth_tokens(settings: Settings, account_sid: str | None) -> list[str]:
-    """Auth tokens to try: those of the config-file accounts whose `account_sid` is the
-    callback's AccountSid when any is, else every configured token (env first)."""
+    """The auth tokens a callback naming `account_sid` may be signed with.
+
+    The tokens of the accounts whose `account_sid` it names (config-file accounts, and
+    the environment's token when MSGSTATUS_TWILIO_ACCOUNT_SID names it); else the one
+    token when only one is configured; else none: with several accounts configured a
+    callback must name one of them (fail closed), or a token of one account could vouch
+    for a callback that claims another.
+    """
+    accounts: list[tuple[str | None, str]] = []
+    env_token = settings.secrets.get(SECRET)
+    if env_token:
+        accounts.append((settings.secrets.get(ACCOUNT_SID), env_token))
+    for account in settings.provider_accounts(NAME):
+        if account.get("auth_token"):
+            accounts.append((account.get("account_sid"), account["auth_token"]))
     if account_sid:
-        matching = [
-            account["auth_token"]
-            for account in settings.provider_accounts(NAME)
-            if account.get("account_sid") == account_sid and account.get("auth_token")
-        ]
+        matching = [token for sid, token in accounts if sid == account_sid]
         if matching:
             return list(dict.fromkeys(matching))
-    return settings.secrets_for(SECRET)
+    tokens = list(dict.fromkeys(token for _, token in accounts))
+    return tokens if len(tokens) == 1 else []
+
+
+# Fields that say which account and message a callback is about: a form that repeats
+# one with different values is refused, whichever value a reader would pick.
+IDENTITY_FIELDS: tuple[str, ...] = (
+    "AccountSid",
+    "MessageSid",
+    "SmsSid",
+    "MessageStatus",
+    "SmsStatus",
+)
+
+
+def _check_identity(pairs: Iterable[tuple[str, str]]) -> None:
+    seen: dict[str, str] = {}
+    for name, value in pairs:
+        if name in IDENTITY_FIELDS and seen.setdefault(name, value) != value:
+            raise FramingError(f"form repeats {name} with different values")
 
 
 def verify(request: WebhookRequest, settings: Settings) -> None:
-    """Check X-Twilio-Signature; raises SignatureError only (the reason never has MACs).
+    """Check X-Twilio-Signature; raises SignatureError, or FramingError for a form that
+    repeats AccountSid (or the message's sid or status) with another value. The reason
+    never holds a MAC.
 
-    With several accounts configured every candidate token is compared in constant time.
+    The AccountSid that selects the token is read by the same `_fields()` parse() uses,
+    so the account an event is attributed to is the one whose token signed it.
     """
     if not settings.secrets_for(SECRET):
         raise SignatureError("twilio is not configured (MSGSTATUS_TWILIO_AUTH_TOKEN unset)")
@@ -251,16 +284,28 @@ def verify(request: WebhookRequest, settings: Settings) -> None:
             raise SignatureError("JSON body without a bodySHA256 query parameter")
         if not common.any_equal([body_sha256(request.body)], expected_hash.strip().lower()):
             raise SignatureError("body does not match the bodySHA256 query parameter")
+        try:
+            fields = _fields(request)
+        except FramingError:
+            raise SignatureError("cannot verify: body is not a JSON object") from None
     else:
         try:
             params = common.load_form(request.body)
         except FramingError:
             raise SignatureError("cannot verify: body is not a form") from None
-    sid = dict(params).get("AccountSid") if params else None
+        _check_identity(params)
+        fields = _first_values(params)
+    sid = common.text(fields.get("AccountSid"))
+    tokens = auth_tokens(settings, sid)
+    if not tokens:
+        raise SignatureError(
+            "AccountSid is missing or not a configured account (several Twilio accounts are "
+            "configured: each needs its account_sid)"
+        )
     tail = signed_params(params)  # sorted and joined once for every candidate
     candidates = [
-        common.hmac_b64(token, (url + tail).encode("utf-8"), "sha1")
-        for token in auth_tokens(settings, sid)
+        common.hmac_b64(token, (url + tail).encode("utf-8", "surrogatepass"), "sha1")
+        for token in tokens
         for url in _url_variants(request.url)
     ]
     if not common.any_equal(candidates, signature.strip()):
@@ -298,8 +343,12 @@ def _fields(request: WebhookRequest) -> dict[str, str]:
             elif isinstance(value, bool):
                 out[key] = "true" if value else "false"
         return out
+    return _first_values(common.load_form(request.body))
+
+
+def _first_values(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     fields: dict[str, str] = {}
-    for key, value in common.load_form(request.body):
+    for key, value in pairs:
         fields.setdefault(key, value)
     return fields
 

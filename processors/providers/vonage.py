@@ -10,7 +10,9 @@ byte for byte as the record's body), POST (form, `application/x-www-form-urlenco
 POST-JSON (`application/json`).
 
 Signature (`sig` param): every other param, sorted by name, as `&name=value` with `&`
-and `=` in values replaced by `_`, then
+and `=` in values replaced by `_` (Vonage adds a `timestamp` and a `nonce` to what it
+signs: the timestamp must be within MSGSTATUS_REPLAY_WINDOW of when the gateway received
+the receipt, and the gateway remembers nonces), then
 - `md5hash`: hex MD5 of that string followed by the signature secret (legacy);
 - `md5`, `sha1`, `sha256`, `sha512`: hex HMAC of that string keyed by the secret.
 The method is MSGSTATUS_VONAGE_SIGNATURE_METHOD (default sha256), the secret
@@ -40,6 +42,8 @@ from processors.providers.base import (
     WebhookRequest,
     constant_time_equal,
 )
+from processors.providers.freshness import require_fresh
+from processors.providers.replay import ReplayKey, usable_key, window_ttl
 
 NAME = "vonage"
 CONTENT_TYPES: tuple[str, ...] = ("application/json", "application/x-www-form-urlencoded")
@@ -51,6 +55,8 @@ METHOD = "VONAGE_SIGNATURE_METHOD"
 API_KEY = "VONAGE_API_KEY"
 DEFAULT_METHOD = "sha256"
 SIG_PARAM = "sig"
+TIMESTAMP_PARAM = "timestamp"  # signed: unix seconds when Vonage made the request
+NONCE_PARAM = "nonce"
 HMAC_METHODS: frozenset[str] = frozenset({"md5", "sha1", "sha256", "sha512"})
 METHODS: frozenset[str] = HMAC_METHODS | {"md5hash"}
 
@@ -158,7 +164,8 @@ def params_of(request: WebhookRequest) -> dict[str, str]:
 
 
 def verify(request: WebhookRequest, settings: Settings) -> None:
-    """Check `sig` (and `api-key` when configured); raises SignatureError only."""
+    """Check `sig`, the signed `timestamp` against the replay window, and `api-key` when
+    configured; raises SignatureError only."""
     secret = settings.secret(SECRET)
     if secret is None:
         raise SignatureError("vonage is not configured (MSGSTATUS_VONAGE_SIGNATURE_SECRET unset)")
@@ -177,9 +184,35 @@ def verify(request: WebhookRequest, settings: Settings) -> None:
     expected = calculate_signature(secret, params, method)
     if not constant_time_equal(expected, given.strip().lower()):
         raise SignatureError("Vonage `sig` does not match")
+    require_fresh(
+        signed_time(params.get(TIMESTAMP_PARAM)),
+        request.received_at,
+        settings.replay_window,
+        "vonage",
+    )
+    nonce = params.get(NONCE_PARAM)
+    if nonce is not None and usable_key(nonce) is None:
+        raise SignatureError("`nonce` must be printable ASCII, at most 256 characters")
     api_key = settings.secret(API_KEY)
     if api_key is not None and not constant_time_equal(api_key, params.get("api-key")):
         raise SignatureError("receipt `api-key` is not MSGSTATUS_VONAGE_API_KEY")
+
+
+def signed_time(value: str | None) -> float | None:
+    """The signed `timestamp` (unix seconds) as a number, None when absent or not one."""
+    raw = (value or "").strip()
+    if not raw or len(raw) > 12 or not (raw.isascii() and raw.isdigit()):
+        return None
+    return float(raw)
+
+
+def replay_key(request: WebhookRequest, settings: Settings) -> ReplayKey | None:
+    """The signed `nonce`: Vonage sends each once; a copy is a retry or a replay."""
+    try:
+        key = usable_key(params_of(request).get(NONCE_PARAM))
+    except FramingError:
+        return None
+    return ReplayKey(key, window_ttl(settings.replay_window)) if key else None
 
 
 def sign(
@@ -189,20 +222,27 @@ def sign(
     method: str = DEFAULT_METHOD,
     *,
     json_body: bool = False,
+    timestamp: int | None = None,
 ) -> tuple[dict[str, str], bytes]:
     """(headers, signed body): Vonage signs inside the body, so the body gains `sig`.
 
-    `body` is the unsigned receipt (form or JSON object, per `json_body`); tests and the
-    demo sender use this.
+    `body` is the unsigned receipt (form or JSON object, per `json_body`); `timestamp`,
+    when given, replaces the receipt's `timestamp` (as Vonage stamps each request). Tests
+    and the demo sender use this.
     """
     del url
     if json_body:
         data = orjson.loads(body)
         data.pop(SIG_PARAM, None)
+        if timestamp is not None:
+            data[TIMESTAMP_PARAM] = str(timestamp)
         params = {k: text for k, v in data.items() if (text := _scalar(v)) is not None}
         data[SIG_PARAM] = calculate_signature(secret, params, method)
         return {"content-type": "application/json"}, orjson.dumps(data)
     pairs = [(k, v) for k, v in common.load_form(body) if k != SIG_PARAM]
+    if timestamp is not None:
+        pairs = [(k, v) for k, v in pairs if k != TIMESTAMP_PARAM]
+        pairs.append((TIMESTAMP_PARAM, str(timestamp)))
     signed = [*pairs, (SIG_PARAM, calculate_signature(secret, dict(pairs), method))]
     return {"content-type": "application/x-www-form-urlencoded"}, urlencode(signed).encode()
 

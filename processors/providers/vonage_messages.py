@@ -189,10 +189,16 @@ def sign(
     return {"content-type": "application/json", "authorization": f"Bearer {token}"}
 
 
+# Vonage retries a callback for up to a day (72 h for SMS) with the token it first signed: a
+# shorter window would turn every retry after a gateway outage into a 401 and lose the
+# status for good, while a replay inside the window is only a duplicate (never applied twice).
+DEFAULT_MAX_AGE = 86_400.0
+
+
 def _window(settings: Settings) -> float:
     raw = settings.secret(MAX_AGE)
     if raw is None:
-        return settings.replay_window
+        return max(settings.replay_window, DEFAULT_MAX_AGE)
     try:
         window = float(raw)
     except ValueError:

@@ -38,6 +38,7 @@ from processors.stream import deadlines, faults, fence, markers, metrics, patche
 from processors.stream.emission import Emitter, Policy
 from processors.stream.fasttable import FastTable
 from processors.stream.fence import Fenced, Lease, Ownership, Token
+from processors.stream.normalize import pack_events
 from processors.stream.normalizer import Normalizer
 from processors.stream.ordering import Rules, on_marker, order_record
 from processors.stream.progress import Progress
@@ -307,9 +308,8 @@ def build(
                         by_partition.setdefault(partition_for(key, partitions), []).append(ev)
                     for partition, events in by_partition.items():
                         first = f"{events[0]['provider']}:{events[0]['provider_message_id']}"
-                        outputs.append(
-                            (first.encode(), orjson.dumps({"events": events}), partition)
-                        )
+                        for value in pack_events(events):  # bounded in bytes, like normalize's
+                            outputs.append((first.encode(), value, partition))
                 fast_conversations.check(batch)
             except Exception as exc:  # a record no rule can take: a dead letter, not a stop
                 await dead_letter("conversations", msg, event.value, exc, token)

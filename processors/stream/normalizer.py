@@ -33,7 +33,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from processors import kafka_client
 from processors.config import Settings
 from processors.stream import faults, markers, metrics
-from processors.stream.normalize import normalize
+from processors.stream.normalize import encode_dead_letter, normalize, pack_events
 from processors.topics import CANONICAL, CONVERSATIONS, DEADLETTER
 
 log = logging.getLogger(__name__)
@@ -247,7 +247,7 @@ class Normalizer:
                         await self.send(
                             settings.topic(DEADLETTER),
                             dead["id"].encode(),
-                            orjson.dumps(dead),
+                            encode_dead_letter(dead),
                             None,
                         )
                     )
@@ -255,12 +255,7 @@ class Normalizer:
                 metrics.NORMALIZED.labels(provider).inc(events)
         canonical = settings.topic(CANONICAL)
         for partition, evs in grouped.items():
-            for start in range(0, len(evs), MAX_EVENTS_PER_RECORD):
-                chunk = evs[start : start + MAX_EVENTS_PER_RECORD]
-                first = f"{chunk[0]['provider']}:{chunk[0]['provider_message_id']}"
-                written.append(
-                    await self.send(
-                        canonical, first.encode(), orjson.dumps({"events": chunk}), partition
-                    )
-                )
+            first = f"{evs[0]['provider']}:{evs[0]['provider_message_id']}"
+            for value in pack_events(evs):
+                written.append(await self.send(canonical, first.encode(), value, partition))
         return written, seen

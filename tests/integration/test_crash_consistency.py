@@ -43,7 +43,7 @@ def _event(mid: str, status: str) -> Request:
     )
     headers = {
         "content-type": "application/json",
-        "authorization": f"Bearer {SECRETS['MSGSTATUS_API_TOKEN']}",
+        "authorization": f"Bearer {SECRETS['MSGSTATUS_EVENTS_TOKEN']}",
     }
     return Request("/v1/events", headers, body, [f"crm:{mid}"])
 

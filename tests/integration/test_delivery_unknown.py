@@ -34,7 +34,7 @@ def event(mid: str, status: str, at: float | None = None) -> Request:
     )
     headers = {
         "content-type": "application/json",
-        "authorization": f"Bearer {SECRETS['MSGSTATUS_API_TOKEN']}",
+        "authorization": f"Bearer {SECRETS['MSGSTATUS_EVENTS_TOKEN']}",
     }
     return Request("/v1/events", headers, body, [f"crm:{mid}"])
 

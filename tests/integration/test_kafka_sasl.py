@@ -110,7 +110,7 @@ async def test_scram_user_added_to_a_running_broker(sasl_broker, topic_prefix) -
 
 
 async def post_events(url: str, items: list[dict[str, Any]]) -> None:
-    headers = {"Authorization": f"Bearer {SECRETS['MSGSTATUS_API_TOKEN']}"}
+    headers = {"Authorization": f"Bearer {SECRETS['MSGSTATUS_EVENTS_TOKEN']}"}
     async with aiohttp.ClientSession() as session:
         for item in items:
             async with session.post(f"{url}/v1/events", json=[item], headers=headers) as answer:

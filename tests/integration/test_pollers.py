@@ -224,7 +224,7 @@ def metrics(port: int) -> str:
 
 
 async def register(url: str, items: list[dict]) -> None:
-    headers = {"Authorization": f"Bearer {SECRETS['MSGSTATUS_API_TOKEN']}"}
+    headers = {"Authorization": f"Bearer {SECRETS['MSGSTATUS_EVENTS_TOKEN']}"}
     async with aiohttp.ClientSession() as session:
         for _ in range(30):
             async with session.post(f"{url}/v1/events", json=items, headers=headers) as answer:

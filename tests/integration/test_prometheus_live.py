@@ -250,7 +250,7 @@ def live(prometheus, kafka, redis_server, tmp_path_factory) -> Any:
             items.append(registration("ryze", mid, now, account="inst-a"))
         fake.script_octopods(f"{run}O1", "whatsapp", [(0, "SENT")])
         items.append(registration("octopods", f"{run}O1", now))
-        api = SECRETS["MSGSTATUS_API_TOKEN"]
+        api = SECRETS["MSGSTATUS_EVENTS_TOKEN"]
         asyncio.run(post(f"{url}/v1/events", items, api, 200))
         # A dead letter (an unknown status) and a signature failure (a wrong token).
         bogus = [{**registration("crm", f"{run}x", now), "status": "bogus"}]

@@ -91,8 +91,15 @@ def sendgrid_events(now: int, good: str, bounced: str) -> list[dict[str, Any]]:
     ]
 
 
+def sns_now() -> str:
+    """SNS stamps a message when it is published: now (the gateway checks the window)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+
+
 def ses_request(event: dict[str, Any]) -> tuple[str, bytes, dict[str, str]]:
-    envelope = ses.notification(event, TOPIC, CERT_URL, message_id=str(uuid.uuid4()))
+    envelope = ses.notification(
+        event, TOPIC, CERT_URL, message_id=str(uuid.uuid4()), timestamp=sns_now()
+    )
     body, headers = ses.sign(envelope, SNS_KEY, "2")
     return "/webhooks/ses", body, headers
 
@@ -244,7 +251,9 @@ async def test_email_and_messenger_watermarks_end_to_end(kafka, topic_prefix, tm
             await post(url, "/webhooks/mailgun", stale, {"content-type": "application/json"}) == 401
         )
         # a verified SubscriptionConfirmation is accepted; auto-confirm is off in tests
-        confirm = ses.subscription_confirmation(TOPIC, CERT_URL, message_id="c", token="t0k")
+        confirm = ses.subscription_confirmation(
+            TOPIC, CERT_URL, message_id="c", token="t0k", timestamp=sns_now()
+        )
         body, headers = ses.sign(confirm, SNS_KEY)
         assert await post(url, "/webhooks/ses", body, headers) == 200
         # LINE: verified and kept, never a status

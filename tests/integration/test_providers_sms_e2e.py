@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -129,8 +130,9 @@ def build() -> tuple[list[traffic.Request], list[traffic.Request], dict[str, Exp
         ("rejected", fx("vonage", "rejected_consent.form")),
     ):
         is_json = name.endswith(".json")
-        headers, signed = vonage.sign("", body, vs, vm, json_body=is_json)
-        _, wrong = vonage.sign("", body, vs + "x", vm, json_body=is_json)
+        now = int(time.time())  # Vonage stamps each request; the gateway checks the window
+        headers, signed = vonage.sign("", body, vs, vm, json_body=is_json, timestamp=now)
+        _, wrong = vonage.sign("", body, vs + "x", vm, json_body=is_json, timestamp=now)
         good.append(traffic.Request("/webhooks/vonage", headers, signed))
         bad.append(traffic.Request("/webhooks/vonage", headers, wrong))
 

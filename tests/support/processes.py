@@ -25,6 +25,7 @@ SECRETS = {
     "MSGSTATUS_META_VERIFY_TOKEN": "meta-verify",
     "MSGSTATUS_RYZE_TOKEN": "ryze-test-token",
     "MSGSTATUS_API_TOKEN": "api-test-token",
+    "MSGSTATUS_EVENTS_TOKEN": "events-test-token",
 }
 
 

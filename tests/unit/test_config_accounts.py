@@ -1,19 +1,20 @@
 """Several accounts per provider from the MSGSTATUS_CONFIG TOML file.
 
-Twilio and Meta try every configured secret in constant time; a request signed with
-any configured account's secret passes, one signed with none fails; a malformed file is
-a ConfigError naming the file and the key.
+Meta tries every configured secret in constant time; Twilio binds a callback to the
+account its AccountSid names and, with several accounts, refuses one that names none of
+them; a malformed file is a ConfigError naming the file and the key.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 from processors.config import ConfigError, Settings
 from processors.providers import meta, twilio
-from processors.providers.base import SignatureError, WebhookRequest
+from processors.providers.base import FramingError, SignatureError, WebhookRequest
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "msgstatus.example.toml"
 URL = "https://status.example.com/webhooks/twilio"
@@ -122,7 +123,6 @@ def test_twilio_request_signed_by_the_second_account_passes(tmp_path: Path) -> N
     settings = settings_with(tmp_path, TWO_ACCOUNTS)
     twilio.verify(twilio_request("token-us"), settings)
     twilio.verify(twilio_request("token-eu", SID_EU), settings)
-    twilio.verify(twilio_request("token-us", account_sid=None), settings)
 
 
 def test_twilio_request_signed_by_neither_fails(tmp_path: Path) -> None:
@@ -135,14 +135,79 @@ def test_twilio_account_sid_selects_its_own_token(tmp_path: Path) -> None:
     """A callback naming the US account must carry the US token, not another account's."""
     settings = settings_with(tmp_path, TWO_ACCOUNTS)
     assert twilio.auth_tokens(settings, SID_US) == ["token-us"]
-    assert twilio.auth_tokens(settings, "AC-unknown") == ["token-eu", "token-us"]
     with pytest.raises(SignatureError):
         twilio.verify(twilio_request("token-eu", SID_US), settings)
 
 
-def test_twilio_env_token_still_works_beside_the_file(tmp_path: Path) -> None:
-    settings = settings_with(tmp_path, TWO_ACCOUNTS, MSGSTATUS_TWILIO_AUTH_TOKEN="token-env")
+def test_twilio_several_accounts_fail_closed(tmp_path: Path) -> None:
+    """Finding: a callback with no or an unknown AccountSid was checked against every
+    account's token, so any account could vouch for a callback claiming none or a
+    stranger. With several accounts it must name one of them."""
+    settings = settings_with(tmp_path, TWO_ACCOUNTS)
+    assert twilio.auth_tokens(settings, "AC-unknown") == []
+    assert twilio.auth_tokens(settings, None) == []
+    for request in (
+        twilio_request("token-us", account_sid=None),
+        twilio_request("token-us", account_sid="AC" + "0" * 32),
+    ):
+        with pytest.raises(SignatureError, match="not a configured account"):
+            twilio.verify(request, settings)
+
+
+def test_twilio_json_callback_is_bound_to_its_account(tmp_path: Path) -> None:
+    settings = settings_with(tmp_path, TWO_ACCOUNTS)
+
+    def json_request(token: str, fields: dict[str, str]) -> WebhookRequest:
+        body = orjson.dumps(fields)
+        url = f"{URL}?bodySHA256={twilio.body_sha256(body)}"
+        headers = twilio.sign(url, body, token, json_body=True)
+        return WebhookRequest("twilio", "POST", url, headers, body, 0.0)
+
+    fields = {"MessageSid": "SM" + "1" * 32, "MessageStatus": "delivered"}
+    twilio.verify(json_request("token-eu", {**fields, "AccountSid": SID_EU}), settings)
+    with pytest.raises(SignatureError):
+        twilio.verify(json_request("token-eu", {**fields, "AccountSid": SID_US}), settings)
+    with pytest.raises(SignatureError, match="not a configured account"):
+        twilio.verify(json_request("token-eu", fields), settings)
+
+
+def test_twilio_repeated_account_sid_cannot_pick_another_account(tmp_path: Path) -> None:
+    """Finding: verify read the last AccountSid, parse the first: a form naming US then
+    EU, signed with EU's token, passed and its event was attributed to US."""
+    settings = settings_with(tmp_path, TWO_ACCOUNTS)
+    pairs = [
+        ("MessageSid", "SM" + "1" * 32),
+        ("MessageStatus", "delivered"),
+        ("AccountSid", SID_US),
+        ("AccountSid", SID_EU),
+    ]
+    body = "&".join(f"{k}={v}" for k, v in pairs).encode()
+    request = WebhookRequest("twilio", "POST", URL, twilio.sign(URL, body, "token-eu"), body, 0.0)
+    with pytest.raises(FramingError, match="repeats AccountSid"):
+        twilio.verify(request, settings)
+    # the parse the verdict depends on is the one parse() uses: the first value
+    assert twilio.parse(request).events[0].account == SID_US
+
+
+def test_twilio_env_token_is_bound_by_its_account_sid(tmp_path: Path) -> None:
+    settings = settings_with(
+        tmp_path,
+        TWO_ACCOUNTS,
+        MSGSTATUS_TWILIO_AUTH_TOKEN="token-env",
+        MSGSTATUS_TWILIO_ACCOUNT_SID="AC-not-in-file",
+    )
     twilio.verify(twilio_request("token-env", account_sid="AC-not-in-file"), settings)
+    with pytest.raises(SignatureError):
+        twilio.verify(twilio_request("token-env", account_sid=SID_US), settings)
+    unbound = settings_with(tmp_path, TWO_ACCOUNTS, MSGSTATUS_TWILIO_AUTH_TOKEN="token-env")
+    with pytest.raises(SignatureError, match="not a configured account"):
+        twilio.verify(twilio_request("token-env", account_sid="AC-not-in-file"), unbound)
+
+
+def test_twilio_single_account_needs_no_account_sid() -> None:
+    settings = Settings.from_env({"MSGSTATUS_TWILIO_AUTH_TOKEN": "only"})
+    twilio.verify(twilio_request("only", account_sid=None), settings)
+    twilio.verify(twilio_request("only", account_sid="AC-anything"), settings)
 
 
 # --- Meta -----------------------------------------------------------------------------

@@ -34,7 +34,8 @@ TWILIO_TOKEN = "twilio-unit-token-7f3a"
 META_SECRET = "meta-unit-secret-91bc"
 META_VERIFY = "meta-unit-verify-55e0"
 RYZE_TOKEN = "ryze-unit-token-c4d2"
-API_TOKEN = "api-unit-token-0a9e"
+API_TOKEN = "api-unit-token-0a9e"  # the query API's read token
+EVENTS_TOKEN = "events-unit-token-5d1c"  # POST /v1/events' write token
 EVENTS_SECRET = "whsec_" + "dW5pdC1ldmVudHMtc2VjcmV0LWtleS0xMjM0NTY3OA=="
 SECRETS = {
     "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
@@ -43,7 +44,7 @@ SECRETS = {
     "RYZE_TOKEN": RYZE_TOKEN,
     "EVENTS_WEBHOOK_SECRET": EVENTS_SECRET,
 }
-ALL_SECRETS = (*SECRETS.values(), API_TOKEN)
+ALL_SECRETS = (*SECRETS.values(), API_TOKEN, EVENTS_TOKEN)
 PREFIX = "tunit."
 
 TWILIO_FORM = urllib.parse.urlencode(
@@ -98,7 +99,9 @@ EVENT_BODY = orjson.dumps(
 
 
 def settings(**overrides: object) -> Settings:
-    base = Settings(topic_prefix=PREFIX, secrets=dict(SECRETS), api_token=API_TOKEN)
+    base = Settings(
+        topic_prefix=PREFIX, secrets=dict(SECRETS), api_token=API_TOKEN, events_token=EVENTS_TOKEN
+    )
     return replace(base, **overrides)  # type: ignore[arg-type]
 
 
@@ -285,7 +288,7 @@ async def test_ryze_accepted_and_token_never_stored(client: TestClient, sink: Me
 
 
 async def test_events_bearer_accepted_token_not_stored(client: TestClient, sink: MemorySink):
-    headers = {"content-type": "application/json", "authorization": f"Bearer {API_TOKEN}"}
+    headers = {"content-type": "application/json", "authorization": f"Bearer {EVENTS_TOKEN}"}
     before = time.time()
     resp = await client.post("/v1/events", data=EVENT_BODY, headers=headers)
     after = time.time()
@@ -301,7 +304,7 @@ async def test_events_bearer_accepted_token_not_stored(client: TestClient, sink:
         before=before,
         after=after,
     )
-    assert all(API_TOKEN.encode() not in value for _, value in record.headers)
+    assert all(EVENTS_TOKEN.encode() not in value for _, value in record.headers)
     assert [e.status for e in events.parse(decoded).events] == ["sent"]
 
 
@@ -321,7 +324,7 @@ async def test_events_standard_webhooks_signature_reverifies(client: TestClient,
         before=before,
         after=after,
     )
-    events.verify(decoded, settings(api_token=None))
+    events.verify(decoded, settings(events_token=None))
 
 
 async def test_body_arriving_in_pieces_is_read_whole(client: TestClient, sink: MemorySink):
@@ -386,7 +389,7 @@ async def test_ryze_wrong_token_401(client: TestClient, sink: MemorySink):
 
 
 async def test_events_wrong_bearer_401(client: TestClient, sink: MemorySink):
-    for auth in ("Bearer wrong-token", f"Basic {API_TOKEN}", ""):
+    for auth in ("Bearer wrong-token", f"Basic {EVENTS_TOKEN}", f"Bearer {API_TOKEN}", ""):
         headers = {"content-type": "application/json", "authorization": auth}
         resp = await client.post("/v1/events", data=EVENT_BODY, headers=headers)
         await json_error(resp, 401)
@@ -419,7 +422,7 @@ async def test_ryze_and_events_invalid_json_400(client: TestClient, sink: Memory
     body = b"not json at all"
     resp = await client.post("/webhooks/ryze", data=body, headers=ryze.sign("", body, RYZE_TOKEN))
     await json_error(resp, 400)
-    headers = {"content-type": "application/json", "authorization": f"Bearer {API_TOKEN}"}
+    headers = {"content-type": "application/json", "authorization": f"Bearer {EVENTS_TOKEN}"}
     resp = await client.post("/v1/events", data=b"\xff\xfe{", headers=headers)
     await json_error(resp, 400)
     assert sink.records == []
@@ -526,9 +529,9 @@ async def test_disabled_provider_404(sink: MemorySink):
 
 async def test_events_disabled_without_token_or_secret_404(sink: MemorySink):
     secrets = {k: v for k, v in SECRETS.items() if k != "EVENTS_WEBHOOK_SECRET"}
-    c = await _client(settings(secrets=secrets, api_token=None), sink)
+    c = await _client(settings(secrets=secrets, events_token=None), sink)
     try:
-        headers = {"content-type": "application/json", "authorization": f"Bearer {API_TOKEN}"}
+        headers = {"content-type": "application/json", "authorization": f"Bearer {EVENTS_TOKEN}"}
         resp = await c.post("/v1/events", data=EVENT_BODY, headers=headers)
         await json_error(resp, 404)
     finally:

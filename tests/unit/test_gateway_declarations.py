@@ -7,6 +7,8 @@ again signed. A real aiohttp server; the only fake is the sink behind it.
 
 from __future__ import annotations
 
+import time
+
 import hashlib
 import types
 from collections.abc import AsyncIterator
@@ -203,7 +205,7 @@ async def test_vonage_sms_get_receipt_signed(client: TestClient, sink: MemorySin
             ("err-code", "0"),
             ("api-key", "abcd1234"),
             ("message-timestamp", "2026-04-28 14:31:02"),
-            ("timestamp", "1777386662"),
+            ("timestamp", str(int(time.time()))),  # signed: inside the replay window
             ("nonce", "9f1e2d3c-4b5a-4698-8a7b-6c5d4e3f2a10"),
         ]
     ).encode()

@@ -85,9 +85,15 @@ def request(
     )
 
 
-def settings(api_token: str | None = None, **secrets: str) -> Settings:
+def settings(
+    api_token: str | None = None, events_token: str | None = None, **secrets: str
+) -> Settings:
     """Settings with provider secrets given by their names without MSGSTATUS_."""
-    return Settings(api_token=api_token, secrets={k.upper(): v for k, v in secrets.items()})
+    return Settings(
+        api_token=api_token,
+        events_token=events_token,
+        secrets={k.upper(): v for k, v in secrets.items()},
+    )
 
 
 def form(pairs: Sequence[tuple[str, str]]) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -15,7 +16,8 @@ from processors.providers.base import FramingError, SignatureError
 
 from . import harness as h
 
-API_TOKEN = "api-token-9f8e7d"
+API_TOKEN = "api-token-9f8e7d"  # the read token: never accepted here
+EVENTS_TOKEN = "events-token-3c2b1a"
 WHSEC = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 NOW = int(h.RECEIVED_AT)
 
@@ -153,15 +155,25 @@ def sw_signed(body: bytes, secret: str, *, timestamp: int = NOW) -> h.WebhookReq
 
 
 def test_bearer_ok_and_bad() -> None:
-    good = h.settings(api_token=API_TOKEN)
+    good = h.settings(events_token=EVENTS_TOKEN)
     assert events.enabled(good)
-    events.verify(bearer(API_TOKEN), good)
+    events.verify(bearer(EVENTS_TOKEN), good)
     for req in (bearer("nope"), bearer(""), h.request("events", BODY)):
         with pytest.raises(SignatureError):
             events.verify(req, good)
-    basic = h.request("events", BODY, headers={"authorization": f"Basic {API_TOKEN}"})
+    basic = h.request("events", BODY, headers={"authorization": f"Basic {EVENTS_TOKEN}"})
     with pytest.raises(SignatureError):
         events.verify(basic, good)
+
+
+def test_the_read_token_cannot_write() -> None:
+    """Finding: MSGSTATUS_API_TOKEN (the query API's read token) could post events for
+    any provider. Writing takes MSGSTATUS_EVENTS_TOKEN."""
+    both = h.settings(api_token=API_TOKEN, events_token=EVENTS_TOKEN)
+    with pytest.raises(SignatureError, match="MSGSTATUS_EVENTS_TOKEN"):
+        events.verify(bearer(API_TOKEN), both)
+    assert not events.enabled(h.settings(api_token=API_TOKEN))
+    events.verify(bearer(EVENTS_TOKEN), both)
 
 
 CONTRACT = h.SignatureContract(
@@ -191,8 +203,26 @@ def test_standard_webhooks_reference_vector() -> None:
 @pytest.mark.parametrize("skew", [-301, 301, -100_000])
 def test_standard_webhooks_expired_or_future(skew: int) -> None:
     req = sw_signed(BODY, WHSEC, timestamp=NOW + skew)
-    with pytest.raises(SignatureError, match="tolerance"):
+    with pytest.raises(SignatureError, match="replay window"):
         events.verify(req, CONTRACT.settings())
+
+
+def test_standard_webhooks_window_is_the_setting() -> None:
+    req = sw_signed(BODY, WHSEC, timestamp=NOW - 1000)
+    wide = h.settings(EVENTS_WEBHOOK_SECRET=WHSEC)
+    events.verify(req, replace(wide, replay_window=1200.0))
+    with pytest.raises(SignatureError, match="replay window"):
+        events.verify(req, replace(wide, replay_window=900.0))
+
+
+def test_webhook_id_is_the_replay_key_of_signed_requests_only() -> None:
+    signed = sw_signed(BODY, WHSEC)
+    key = events.replay_key(signed, CONTRACT.settings())
+    assert key is not None and key.key == "msg_2KWPBgLlAfxdpx2A" and key.ttl >= 600
+    assert events.replay_key(bearer(EVENTS_TOKEN), CONTRACT.settings()) is None
+    odd = h.with_changes(signed, headers={**signed.headers, "webhook-id": "id\udcff"})
+    with pytest.raises(SignatureError, match="webhook-id"):
+        events.verify(odd, CONTRACT.settings())
 
 
 @pytest.mark.parametrize("skew", [-299, 0, 299])
@@ -224,18 +254,18 @@ def test_standard_webhooks_several_signatures_and_bad_ones() -> None:
 def test_wrong_bearer_falls_back_to_a_valid_signature() -> None:
     req = sw_signed(BODY, WHSEC)
     both = h.with_changes(req, headers={**req.headers, "authorization": "Bearer stale"})
-    events.verify(both, h.settings(api_token=API_TOKEN, EVENTS_WEBHOOK_SECRET=WHSEC))
+    events.verify(both, h.settings(events_token=EVENTS_TOKEN, EVENTS_WEBHOOK_SECRET=WHSEC))
 
 
 def test_enabled_by_either_credential() -> None:
     assert not events.enabled(h.settings())
-    assert events.enabled(h.settings(api_token=API_TOKEN))
+    assert events.enabled(h.settings(events_token=EVENTS_TOKEN))
     assert events.enabled(h.settings(EVENTS_WEBHOOK_SECRET=WHSEC))
 
 
 def test_signature_on_a_token_only_setup_is_refused() -> None:
     with pytest.raises(SignatureError, match="not enabled"):
-        events.verify(sw_signed(BODY, WHSEC), h.settings(api_token=API_TOKEN))
+        events.verify(sw_signed(BODY, WHSEC), h.settings(events_token=EVENTS_TOKEN))
 
 
 # --- robustness -------------------------------------------------------------------------
@@ -257,4 +287,4 @@ def test_random_bytes_never_crash(body: bytes) -> None:
 
 
 def test_verify_never_crashes_on_junk() -> None:
-    h.fuzz_verify(events, h.settings(api_token=API_TOKEN, EVENTS_WEBHOOK_SECRET=WHSEC))
+    h.fuzz_verify(events, h.settings(events_token=EVENTS_TOKEN, EVENTS_WEBHOOK_SECRET=WHSEC))

@@ -225,9 +225,30 @@ def test_signature_matches_sendgrid_published_example() -> None:
     payload = b'{"category":"example_payload","event":"test_event","message_id":"message_id"}'
     headers = {sendgrid.SIGNATURE_HEADER: signature, sendgrid.TIMESTAMP_HEADER: "1588788367"}
     configured = h.settings(SENDGRID_PUBLIC_KEY=public)
-    sendgrid.verify(h.request("sendgrid", payload, headers=headers), configured)
-    with pytest.raises(SignatureError):
-        sendgrid.verify(h.request("sendgrid", payload + b" ", headers=headers), configured)
+    then = 1588788367.0  # received when SendGrid signed it: inside the replay window
+    sendgrid.verify(h.request("sendgrid", payload, headers=headers, received_at=then), configured)
+    with pytest.raises(SignatureError, match="does not match"):
+        sendgrid.verify(
+            h.request("sendgrid", payload + b" ", headers=headers, received_at=then), configured
+        )
+    # Finding: no window was enforced, a POST signed years ago still passed.
+    with pytest.raises(SignatureError, match="replay window"):
+        sendgrid.verify(h.request("sendgrid", payload, headers=headers), configured)
+
+
+@pytest.mark.parametrize(
+    ("age", "accepted"), [(0, True), (-299, True), (301, False), (-301, False)]
+)
+def test_replay_window(age: int, accepted: bool) -> None:
+    body = h.fixture("sendgrid", "delivered.json")
+    headers = sendgrid.sign(body, KEY, int(h.RECEIVED_AT) - age)
+    req = h.request("sendgrid", body, headers=headers)
+    configured = h.settings(SENDGRID_PUBLIC_KEY=sendgrid.public_key_setting(KEY))
+    if accepted:
+        sendgrid.verify(req, configured)
+    else:
+        with pytest.raises(SignatureError, match="replay window"):
+            sendgrid.verify(req, configured)
 
 
 def test_pem_public_key_is_accepted_too() -> None:

@@ -30,20 +30,19 @@ OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 CERT_PEM = ses.self_signed_certificate(KEY)
 SEED = {"SES_SIGNING_CERT_URL": CERT_URL, "SES_SIGNING_CERT_PEM": CERT_PEM}
 SNS_TYPE = "text/plain; charset=UTF-8"
-REAL_FETCH = ses.fetch_certificate  # kept before the autouse fixture replaces it
+RECEIVED_STAMP = "2026-04-28T18:13:20.000Z"  # h.RECEIVED_AT: signed when received
 
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Any certificate fetch is recorded and refused; the cache starts empty."""
+    """Any certificate fetch is recorded and refused; the store starts empty."""
     calls: list[str] = []
 
-    def refuse(url: str) -> str:
+    async def refuse(url: str) -> str:
         calls.append(url)
         raise OSError("tests never go out on the network")
 
-    monkeypatch.setattr(ses, "fetch_certificate", refuse)
-    monkeypatch.setattr(ses, "_FETCHED", {})
+    monkeypatch.setattr(ses, "CERTIFICATES", ses.CertificateStore(refuse))
     yield calls
 
 
@@ -54,7 +53,8 @@ def configured(**overrides: str) -> h.Settings:
 def signed_request(
     envelope: dict[str, Any], key: rsa.RSAPrivateKey = KEY, version: str = "1"
 ) -> h.WebhookRequest:
-    body, headers = ses.sign(envelope, key, version)
+    """Signed as SNS would send it now: its Timestamp is when it is received."""
+    body, headers = ses.sign({**envelope, "Timestamp": RECEIVED_STAMP}, key, version)
     return h.request("ses", body, headers=headers, content_type=None)
 
 
@@ -377,33 +377,63 @@ def test_certificate_url_allow_list(url: Any, allowed: bool) -> None:
 UNSEEDED_URL = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123abcd.pem"
 
 
-def test_uncached_certificate_is_fetched_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def unseeded(**changes: Any) -> h.WebhookRequest:
+    envelope = {**fixture_envelope("delivery.json"), "SigningCertURL": UNSEEDED_URL, **changes}
+    return signed_request(envelope)
+
+
+async def test_uncached_certificate_is_fetched_once_before_verify() -> None:
     calls: list[str] = []
 
-    def fake_fetch(url: str) -> str:
+    async def fake_fetch(url: str) -> str:
         calls.append(url)
         return CERT_PEM
 
-    monkeypatch.setattr(ses, "fetch_certificate", fake_fetch)
-    envelope = {**fixture_envelope("delivery.json"), "SigningCertURL": UNSEEDED_URL}
+    ses.CERTIFICATES.fetcher = fake_fetch
+    unpinned = h.settings(SES_TOPIC_ARN=TOPIC)
+    with pytest.raises(SignatureError, match="unavailable"):  # verify() itself never fetches
+        ses.verify(unseeded(), unpinned)
     for _ in range(3):
-        ses.verify(signed_request(envelope), h.settings(SES_TOPIC_ARN=TOPIC))
+        await ses.prepare(unseeded(), unpinned)
+        ses.verify(unseeded(), unpinned)
     assert calls == [UNSEEDED_URL]
 
 
-def test_failed_fetch_refuses_and_is_not_retried_at_once(no_network: list[str]) -> None:
-    envelope = {**fixture_envelope("delivery.json"), "SigningCertURL": UNSEEDED_URL}
+async def test_failed_fetch_refuses_and_is_not_retried_at_once(no_network: list[str]) -> None:
+    unpinned = h.settings(SES_TOPIC_ARN=TOPIC)
     for _ in range(3):
+        await ses.prepare(unseeded(), unpinned)
         with pytest.raises(SignatureError, match="certificate"):
-            ses.verify(signed_request(envelope), h.settings(SES_TOPIC_ARN=TOPIC))
+            ses.verify(unseeded(), unpinned)
     assert no_network == [UNSEEDED_URL]
 
 
-def test_not_allow_listed_certificate_is_never_fetched(no_network: list[str]) -> None:
-    envelope = {**fixture_envelope("delivery.json"), "SigningCertURL": "https://x.example/a.pem"}
+async def test_not_allow_listed_certificate_is_never_fetched(no_network: list[str]) -> None:
+    req = unseeded(SigningCertURL="https://x.example/a.pem")
+    await ses.prepare(req, h.settings(SES_TOPIC_ARN=TOPIC))
     with pytest.raises(SignatureError):
-        ses.verify(signed_request(envelope), configured())
+        ses.verify(req, configured())
     assert no_network == []
+
+
+async def test_other_topics_never_cause_a_fetch(no_network: list[str]) -> None:
+    req = unseeded(TopicArn="arn:aws:sns:us-east-1:999999999999:stranger")
+    await ses.prepare(req, h.settings(SES_TOPIC_ARN=TOPIC))
+    assert no_network == []
+
+
+async def test_pinned_certificate_is_the_only_one(no_network: list[str]) -> None:
+    """With a pinned (pre-seeded) certificate nothing is fetched, and an envelope that
+    names another certificate URL is refused."""
+    await ses.prepare(unseeded(), configured())
+    with pytest.raises(SignatureError, match="pinned"):
+        ses.verify(unseeded(), configured())
+    assert no_network == []
+    spelled = CERT_URL.replace("sns.us-east-1", "SNS.US-EAST-1").replace(".com/", ".com:443/")
+    ses.verify(
+        signed_request({**fixture_envelope("delivery.json"), "SigningCertURL": spelled}),
+        configured(),
+    )
 
 
 def test_seeded_pem_with_escaped_newlines() -> None:
@@ -422,9 +452,130 @@ def test_unusable_seeded_pem_refuses() -> None:
         )
 
 
-def test_fetch_certificate_refuses_foreign_urls_before_connecting() -> None:
+async def test_fetch_certificate_refuses_foreign_urls_before_connecting() -> None:
     with pytest.raises(ValueError, match="not an SNS URL"):
-        REAL_FETCH("https://evil.example.com/a.pem")
+        await ses.fetch_certificate("https://evil.example.com/a.pem")
+
+
+# --- hostile input (issue 12) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["Type", "TopicArn", "SignatureVersion", "SigningCertURL"])
+@pytest.mark.parametrize("value", [["Notification"], {"a": 1}, 1, None, True])
+def test_non_string_envelope_fields_are_a_signature_error(field: str, value: Any) -> None:
+    """Finding: a list or object as Type/TopicArn/SignatureVersion raised TypeError
+    (unhashable) in verify(): a 500 without authentication."""
+    envelope = {**orjson.loads(signed_request(fixture_envelope("delivery.json")).body)}
+    envelope[field] = value
+    with pytest.raises(SignatureError):
+        ses.verify(h.request("ses", orjson.dumps(envelope), content_type=None), configured())
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "https://SNS.eu-west-1.amazonaws.com/SimpleNotificationService-0123abcd.pem",
+        "https://sns.eu-west-1.amazonaws.com:443/SimpleNotificationService-0123abcd.pem",
+        "https://sns.EU-WEST-1.AMAZONAWS.COM:443/SimpleNotificationService-0123abcd.pem",
+    ],
+)
+def test_one_certificate_url_has_one_spelling(spelling: str) -> None:
+    assert ses.certificate_url(spelling) == UNSEEDED_URL
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://sns.eu-west-1.amazonaws.com/Simple\tNotificationService-0123abcd.pem",
+        "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123abcd.pem\n",
+        "https://sns.eu-\rwest-1.amazonaws.com/SimpleNotificationService-0123abcd.pem",
+        " https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123abcd.pem",
+        "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123abcd.pem?",
+        "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123abcd.pem#",
+        "https://sns.eu-west-1.amazonaws.com/Simple\u00e9.pem",
+    ],
+)
+def test_whitespace_and_control_characters_are_not_stripped_but_refused(url: str) -> None:
+    """Finding: urlsplit drops tabs and newlines, so each was a new cache key."""
+    assert ses.certificate_url(url) is None
+
+
+async def test_bogus_urls_cannot_evict_the_good_certificate() -> None:
+    """Finding: 64 bogus URLs evicted the good certificate and bypassed the retry delay."""
+    fetched: list[str] = []
+
+    async def fetch(url: str) -> str:
+        fetched.append(url)
+        if url == UNSEEDED_URL:
+            return CERT_PEM
+        raise OSError("404")
+
+    store = ses.CertificateStore(fetch)
+    await store.ensure(UNSEEDED_URL)
+    for i in range(ses.MAX_FAILED + 50):
+        store._fetches.clear()  # rate limit aside: only eviction is under test here
+        await store.ensure(f"https://sns.eu-west-1.amazonaws.com/bogus-{i}.pem")
+    assert store.key(UNSEEDED_URL) is not None
+    assert fetched.count(UNSEEDED_URL) == 1
+
+
+async def test_certificate_fetches_are_rate_limited() -> None:
+    fetched: list[str] = []
+
+    async def fetch(url: str) -> str:
+        fetched.append(url)
+        raise OSError("404")
+
+    store = ses.CertificateStore(fetch)
+    for i in range(50):
+        await store.ensure(f"https://sns.eu-west-1.amazonaws.com/bogus-{i}.pem")
+    assert len(fetched) == ses.FETCH_RATE
+
+
+async def test_concurrent_requests_share_one_fetch() -> None:
+    import asyncio
+
+    release = asyncio.Event()
+    fetched: list[str] = []
+
+    async def slow(url: str) -> str:
+        fetched.append(url)
+        await release.wait()
+        return CERT_PEM
+
+    store = ses.CertificateStore(slow)
+    waiting = [asyncio.ensure_future(store.ensure(UNSEEDED_URL)) for _ in range(20)]
+    await asyncio.sleep(0.01)
+    release.set()
+    await asyncio.gather(*waiting)
+    assert fetched == [UNSEEDED_URL] and store.key(UNSEEDED_URL) is not None
+
+
+@pytest.mark.parametrize(
+    ("stamp", "accepted"),
+    [
+        ("2026-04-28T18:13:20.000Z", True),
+        ("2026-04-28T17:14:00.000Z", True),  # 59 minutes: SNS may still be retrying
+        ("2026-04-28T17:10:00.000Z", False),
+        ("2026-04-28T19:20:00.000Z", False),
+        ("2017-08-05T00:41:02.700Z", False),
+        ("not a time", False),
+    ],
+)
+def test_sns_timestamp_replay_window(stamp: str, accepted: bool) -> None:
+    body, headers = ses.sign({**fixture_envelope("delivery.json"), "Timestamp": stamp}, KEY)
+    req = h.request("ses", body, headers=headers, content_type=None)
+    if accepted:
+        ses.verify(req, configured())
+    else:
+        with pytest.raises(SignatureError, match="Timestamp"):
+            ses.verify(req, configured())
+
+
+def test_message_id_is_the_replay_key() -> None:
+    req = signed_request(fixture_envelope("delivery.json"))
+    key = ses.replay_key(req, configured())
+    assert key is not None and key.key == fixture_envelope("delivery.json")["MessageId"]
 
 
 # --- subscription confirmation -----------------------------------------------------------------

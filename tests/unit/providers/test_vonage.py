@@ -178,7 +178,9 @@ def signed_request(
 ) -> h.WebhookRequest:
     body = h.fixture("vonage", name)
     json_body = name.endswith(".json")
-    headers, signed = vonage.sign(h.URL, body, secret, method, json_body=json_body)
+    headers, signed = vonage.sign(
+        h.URL, body, secret, method, json_body=json_body, timestamp=int(h.RECEIVED_AT)
+    )
     if tamper:
         signed = signed.replace(b"delivered", b"rejected").replace(b"failed", b"delivered")
     return h.request("vonage", signed, headers=headers, content_type=None)
@@ -248,13 +250,50 @@ def test_disabled_and_misconfigured() -> None:
 
 def test_json_sig_covers_json_scalars() -> None:
     body = json.dumps({"messageId": "X1", "status": "delivered", "price": 0.5, "n": 3}).encode()
-    headers, signed = vonage.sign(h.URL, body, SECRET, json_body=True)
+    headers, signed = vonage.sign(h.URL, body, SECRET, json_body=True, timestamp=int(h.RECEIVED_AT))
     vonage.verify(h.request("vonage", signed, headers=headers, content_type=None), configured())
     changed = signed.replace(b"0.5", b"0.6")
     with pytest.raises(SignatureError):
         vonage.verify(
             h.request("vonage", changed, headers=headers, content_type=None), configured()
         )
+
+
+@pytest.mark.parametrize(("age", "accepted"), [(0, True), (299, True), (301, False), (-301, False)])
+def test_signed_timestamp_within_the_replay_window(age: int, accepted: bool) -> None:
+    body = h.fixture("vonage", "failed_antispam.form")
+    headers, signed = vonage.sign(h.URL, body, SECRET, timestamp=int(h.RECEIVED_AT) - age)
+    req = h.request("vonage", signed, headers=headers, content_type=None)
+    if accepted:
+        vonage.verify(req, configured())
+    else:
+        with pytest.raises(SignatureError, match="replay window"):
+            vonage.verify(req, configured())
+
+
+def test_a_30_day_old_receipt_is_refused() -> None:
+    """Finding: Vonage's signed `timestamp` was ignored; a 30 days old receipt got 200."""
+    body = h.fixture("vonage", "delivered.json")
+    month = 30 * 86_400
+    headers, signed = vonage.sign(
+        h.URL, body, SECRET, json_body=True, timestamp=int(h.RECEIVED_AT) - month
+    )
+    with pytest.raises(SignatureError, match="replay window"):
+        vonage.verify(h.request("vonage", signed, headers=headers, content_type=None), configured())
+
+
+def test_signed_receipt_without_timestamp_is_refused() -> None:
+    pairs = [(k, v) for k, v in parse_qsl(h.fixture("vonage", "accepted.form").decode())]
+    unstamped = h.form([(k, v) for k, v in pairs if k != "timestamp"])
+    headers, signed = vonage.sign(h.URL, unstamped, SECRET)
+    with pytest.raises(SignatureError, match="timestamp missing"):
+        vonage.verify(h.request("vonage", signed, headers=headers, content_type=None), configured())
+
+
+def test_nonce_is_the_replay_key() -> None:
+    req = signed_request("delivered.json")
+    key = vonage.replay_key(req, configured())
+    assert key is not None and key.key == "6c2b4a1e-0b0c-4f7e-9d23-8f6c0d1e2a3b"
 
 
 # --- robustness -------------------------------------------------------------------------
