@@ -7,9 +7,8 @@ again signed. A real aiohttp server; the only fake is the sink behind it.
 
 from __future__ import annotations
 
-import time
-
 import hashlib
+import time
 import types
 from collections.abc import AsyncIterator
 from urllib.parse import urlencode
