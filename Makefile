@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 INFRA := $(PY) deploy/local/infra.py
 
-.PHONY: run test test-unit test-integration lint bench fuzz infra-up infra-down install clean lock
+.PHONY: run test test-unit test-integration test-faults lint bench fuzz infra-up infra-down install clean lock
 
 # Exact versions with hashes (requirements.lock; `make lock` regenerates it from the ranges
 # in pyproject.toml): the worker's Faust/aiokafka patches are written for those versions.
@@ -46,6 +46,14 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	$(INFRA) prepare
 	bash deploy/local/pytest.sh tests/integration
+
+# Fault injection beyond make test's bounded subset: random SIGKILL rounds with more seeds
+# (MSGSTATUS_FAULT_ROUNDS, default 8) and every named crash point.
+test-faults: $(STAMP)
+	$(INFRA) prepare
+	MSGSTATUS_FAULT_ROUNDS=$${MSGSTATUS_FAULT_ROUNDS:-8} MSGSTATUS_SCALE_OUTAGE_SECONDS=120 \
+		bash deploy/local/pytest.sh tests/integration/test_random_sigkill.py \
+		tests/integration/test_crash_consistency.py tests/integration/test_scale_out.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check processors tests deploy

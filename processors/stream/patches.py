@@ -55,6 +55,7 @@ INTERNALS: dict[str, tuple[Any, str]] = {
     "faust App._on_partitions_revoked": (App._on_partitions_revoked, "d5c895bbe57dc73a"),
     "faust App._on_partitions_assigned": (App._on_partitions_assigned, "de932b7927db85b3"),
     "faust App._new_consumer": (App._new_consumer, "bff6ccd646b71ea9"),
+    "faust App._stop_consumer": (App._stop_consumer, "55854a5de12c3f52"),
     # relied on: the read-offset filter we disable, the batch queue our writers use
     "faust Consumer._drain_messages": (faust_consumer.Consumer._drain_messages, "44a2500309e83c63"),
     "aiokafka MessageAccumulator.add_batch": (MessageAccumulator.add_batch, "5ed1c5b1367ad854"),

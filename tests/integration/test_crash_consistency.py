@@ -17,67 +17,15 @@ import asyncio
 import random
 import time
 import uuid
-from pathlib import Path
 
-import orjson
 import pytest
-from support.processes import SECRETS, Part, base_env, start_gateway, start_worker
-from support.stream import check_message, collect, last_status
+from support.faults import crm_event, fault_env, judge
+from support.processes import Part, start_gateway, start_worker
+from support.stream import collect, last_status
 
-from processors.traffic import Request, post_all
+from processors.traffic import post_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-AFTER = 30.0  # MSGSTATUS_DELIVERY_UNKNOWN_AFTER: every `delivered` is posted well within it
-
-
-def _event(mid: str, status: str) -> Request:
-    body = orjson.dumps(
-        {
-            "provider": "crm",
-            "provider_message_id": mid,
-            "channel": "sms",
-            "status": status,
-            "occurred_at": time.time(),
-        }
-    )
-    headers = {
-        "content-type": "application/json",
-        "authorization": f"Bearer {SECRETS['MSGSTATUS_EVENTS_TOKEN']}",
-    }
-    return Request("/v1/events", headers, body, [f"crm:{mid}"])
-
-
-def _env(kafka, prefix: str, tmp_path: Path, **extra: str) -> dict[str, str]:
-    return base_env(
-        kafka.bootstrap,
-        prefix,
-        tmp_path / "data1",
-        MSGSTATUS_REDIS_URL="redis://127.0.0.1:1/0",
-        MSGSTATUS_DELIVERY_UNKNOWN_AFTER=str(AFTER),
-        MSGSTATUS_DELIVERY_UNKNOWN_GRACE="1",
-        MSGSTATUS_SESSION_TIMEOUT="6",
-        MSGSTATUS_WATERMARK_INTERVAL="1",
-        **extra,
-    )
-
-
-def _judge(by_key: dict, delivered: list[str], controls: list[str]) -> list[str]:
-    problems: list[str] = []
-    for mid in delivered:
-        events = by_key.get(f"crm:{mid}", [])
-        if last_status(events) != "delivered":
-            problems.append(f"{mid}: last status {last_status(events)}, not delivered")
-        if any(e["data"]["status"] == "delivery_unknown" for e in events):
-            problems.append(f"{mid}: a false delivery_unknown")
-    for mid in controls:
-        events = by_key.get(f"crm:{mid}", [])
-        ids = {e["id"] for e in events if e["data"]["status"] == "delivery_unknown"}
-        if len(ids) != 1:
-            problems.append(f"{mid}: {len(ids)} delivery_unknown events")
-    for key, events in by_key.items():
-        problems += check_message(key, events, allow_repeats=True)
-    return problems
 
 
 async def _wait_exit(part: Part, timeout: float) -> int | None:
@@ -92,7 +40,7 @@ async def _wait_exit(part: Part, timeout: float) -> int | None:
 async def _scenario(
     kafka, prefix, tmp_path, crash_at: str, second_worker: bool = False, **env_extra
 ):
-    env = _env(kafka, prefix, tmp_path, **env_extra)
+    env = fault_env(kafka, prefix, tmp_path, **env_extra)
     gateway, url = start_gateway(env, tmp_path)
     run = uuid.uuid4().hex[:6]
     delivered = [f"d{run}{i}" for i in range(240)]
@@ -101,7 +49,7 @@ async def _scenario(
     first = start_worker(env, tmp_path, "--no-read-model")
     workers: list[Part] = [first]
     try:
-        sends = [_event(m, "sent") for m in delivered + controls]
+        sends = [crm_event(m, "sent") for m in delivered + controls]
         random.Random(7).shuffle(sends)
         assert await post_all(url, sends) == {200: len(sends)}
         everyone = len(delivered) + len(controls)
@@ -114,7 +62,7 @@ async def _scenario(
         await asyncio.sleep(3)  # its assignment and the local tables (same disk)
         if second_worker:  # a rebalance while records are in hand
             workers.append(start_worker(env, tmp_path, "--no-read-model", data_dir=tmp_path / "b"))
-        answers = await post_all(url, [_event(m, "delivered") for m in delivered])
+        answers = await post_all(url, [crm_event(m, "delivered") for m in delivered])
         assert answers == {200: len(delivered)}
         code = await _wait_exit(crashing, 60)
         assert code == 99, (
@@ -143,7 +91,7 @@ async def _scenario(
         by_key = await collect(kafka.bootstrap, status_topic, done, timeout=120)
         await asyncio.sleep(3)  # every deadline has passed: anything extra shows up now
         by_key = await collect(kafka.bootstrap, status_topic, done, timeout=30)
-        problems = _judge(by_key, delivered, controls)
+        problems = judge(by_key, delivered, controls)
         assert not problems, f"{len(problems)} problems: {problems[:10]}\n{workers[-1].log_tail()}"
     finally:
         gateway.stop()

@@ -124,7 +124,7 @@ def build(now: float) -> Plan:
     )
     other = vonage_messages.sign(body, secret, api_key="another-account", issued_at=now)
     refuse(Req("POST", "/webhooks/vonage-messages", other, body, 401))
-    stale = vonage_messages.sign(body, secret, issued_at=now - 3600)
+    stale = vonage_messages.sign(body, secret, issued_at=now - 2 * 86400)  # past its day
     refuse(Req("POST", "/webhooks/vonage-messages", stale, body, 401))
     unsigned = {"content-type": "application/json"}
     refuse(Req("POST", "/webhooks/vonage-messages", unsigned, body, 503))  # resent signed
@@ -167,7 +167,7 @@ def build(now: float) -> Plan:
     body = fx("bird", "sms_delivered.json")
     other_url = bird.sign(f"{PUBLIC}/webhooks/other", body, key, now)
     refuse(Req("POST", "/webhooks/bird", other_url, body, 401))
-    refuse(Req("POST", "/webhooks/bird", bird.sign(url, body, key, now - 3600), body, 401))
+    refuse(Req("POST", "/webhooks/bird", bird.sign(url, body, key, now - 86400), body, 401))
     legacy_key = S["MSGSTATUS_BIRD_LEGACY_SIGNING_KEY"]
     query = fx("bird", "legacy_sms_delivered.query").decode()
     token = bird.legacy_token(legacy_key, f"{url}?{query}", b"", now)
@@ -268,9 +268,10 @@ def build(now: float) -> Plan:
         add(Req("GET", f"/webhooks/smpp?{query}&token={smpp_token}", {}, b"", 200, ack))
     refuse(Req("GET", "/webhooks/smpp?id=kn-x&type=1&token=wrong", {}, b"", 401))
     # Vonage SMS: a signed GET receipt
-    _, signed = vonage.sign(
-        "", fx("vonage", "delivered.query"), S["MSGSTATUS_VONAGE_SIGNATURE_SECRET"]
+    query = fx("vonage", "delivered.query").replace(  # signed now: inside the replay window
+        b"timestamp=1777386961", f"timestamp={int(now)}".encode()
     )
+    _, signed = vonage.sign("", query, S["MSGSTATUS_VONAGE_SIGNATURE_SECRET"])
     add(Req("GET", "/webhooks/vonage?" + signed.decode(), {}))
     refuse(
         Req(
