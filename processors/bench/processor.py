@@ -3,7 +3,10 @@
 All read the same raw topics on the same broker in the same run: a bare aiokafka
 consume -> produce passthrough (the ceiling), the two naive Faust agents of
 `processors.bench.naive` (what a first Faust app gets: forwarding each record, and doing
-msgstatus's job), and `msgstatus worker`. A rate is raw records divided by the time
+msgstatus's job), and `msgstatus worker` (one process; two processes in one group; and
+the worker of the release before crash-consistent state, BASELINE_COMMIT, run from that
+commit's sources against a copy of the same records, for the cost of the new write
+path). A rate is raw records divided by the time
 between the first and last output record (broker CreateTime) after everything was
 consumed, so start-up is not counted. A naive agent stopped at its time cap has read only
 part of the records: `forward` then counts its outputs (one per record), `job` (one
@@ -33,6 +36,9 @@ from processors.providers import REGISTRY
 from processors.topics import all_topics, ensure_topics
 
 ROOT = Path(__file__).resolve().parents[2]
+# The last commit before issue 11 (write-behind atomic table units, own offset commits,
+# in-band watermark markers): its worker is measured side by side with today's.
+BASELINE_COMMIT = "c4f36af"
 
 
 def log(message: str) -> None:
@@ -137,10 +143,13 @@ async def drop_topics(bootstrap: str, prefix: str) -> int:
         await admin.close()
 
 
-def _spawn(args: list[str], env: dict[str, str], logfile: Path) -> subprocess.Popen:
+def _spawn(
+    args: list[str], env: dict[str, str], logfile: Path, cwd: Path | None = None
+) -> subprocess.Popen:
+    logfile.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
         args,
-        cwd=ROOT,
+        cwd=cwd or ROOT,
         env=env,
         stdout=logfile.open("ab"),
         stderr=subprocess.STDOUT,
@@ -197,6 +206,92 @@ async def committed_slope(
     if first is None or last[0] <= first[0]:
         return last[1], 0.0
     return last[1], (last[1] - first[1]) / (last[0] - first[0])
+
+
+def baseline_sources(dest: Path) -> Path | None:
+    """BASELINE_COMMIT's `processors/` package, extracted from git (None without history,
+    e.g. a shallow clone: the report then says the figure is missing)."""
+    if dest.exists():
+        return dest
+    dest.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", BASELINE_COMMIT, "processors"],
+        capture_output=True,
+    )
+    if archive.returncode != 0:
+        log(f"no {BASELINE_COMMIT} in this clone's history: skipping the baseline worker")
+        return None
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
+
+
+async def copy_workload(bootstrap: str, records: list, prefix: str, into: str) -> None:
+    """The same raw records under another topic prefix (a run of its own)."""
+    settings = single_broker(kafka_bootstrap=bootstrap, topic_prefix=into, partitions=4)
+    await ensure_topics(settings, all_topics(settings, REGISTRY))
+    copies = [
+        wl.raw.RawRecord(into + r.topic[len(prefix) :], r.key, r.value, r.headers)
+        for r in records
+    ]
+    await wl.produce(bootstrap, copies)
+
+
+async def worker_rate(
+    bootstrap: str,
+    prefix: str,
+    datadir: Path,
+    env: dict[str, str],
+    timeout: float,
+    processes: int = 1,
+    sources: Path | None = None,
+) -> tuple[float, int]:
+    """Raw records/s of `processes` workers over everything under `prefix` (output span)."""
+    settings = single_broker(kafka_bootstrap=bootstrap, topic_prefix=prefix, partitions=4)
+    raw_topics = [settings.topic(f"raw.{n}") for n in REGISTRY]
+    total = sum((await _ends(bootstrap, raw_topics)).values())
+    workers = []
+    for i in range(processes):
+        worker_env = {
+            **env,
+            "MSGSTATUS_KAFKA_BOOTSTRAP": bootstrap,
+            "MSGSTATUS_TOPIC_PREFIX": prefix,
+            "MSGSTATUS_DATA_DIR": str(datadir / str(i)),
+            "MSGSTATUS_METRICS_PORT": "0",
+            "MSGSTATUS_LOG_LEVEL": "WARNING",
+            **SINGLE_BROKER_ENV,
+        }
+        if sources is not None:  # run that commit's package, not this checkout's
+            worker_env["PYTHONPATH"] = str(sources)
+        log_path = datadir.with_name(f"{datadir.name}-{i}.log")
+        workers.append(
+            (
+                _spawn(
+                    [sys.executable, "-m", "processors.cli", "worker", "--no-read-model"],
+                    worker_env,
+                    log_path,
+                    cwd=sources,
+                ),
+                log_path,
+            )
+        )
+    try:
+        proc, log_path = workers[0]
+        await _wait_consumed(
+            bootstrap, f"{prefix}msgstatus-normalize", raw_topics, timeout, proc, log_path
+        )
+        await _wait_consumed(
+            bootstrap,
+            f"{prefix}msgstatus",
+            [settings.topic("status.canonical"), settings.topic("status.transitions")],
+            timeout,
+            proc,
+            log_path,
+        )
+    finally:
+        for proc, _ in workers:
+            _stop(proc)
+    count, first, last = await _output_span(bootstrap, settings.topic("message.status"))
+    return total / max(last - first, 1e-6), count
 
 
 async def passthrough(bootstrap: str, topics: list[str], sink: str, total: int) -> float:
@@ -305,42 +400,28 @@ async def run(
     result["naive_job_records"] = done
 
     log("msgstatus worker")
-    worker_env = {
-        **env,
-        "MSGSTATUS_KAFKA_BOOTSTRAP": bootstrap,
-        "MSGSTATUS_TOPIC_PREFIX": prefix,
-        "MSGSTATUS_DATA_DIR": str(workdir / "worker"),
-        "MSGSTATUS_METRICS_PORT": "0",
-        "MSGSTATUS_LOG_LEVEL": "WARNING",
-        **SINGLE_BROKER_ENV,
-    }
-    worker = _spawn(
-        [sys.executable, "-m", "processors.cli", "worker", "--no-read-model"],
-        worker_env,
-        workdir / "worker.log",
-    )
-    try:
-        await _wait_consumed(
-            bootstrap,
-            f"{prefix}msgstatus-normalize",
-            raw_topics,
-            timeout,
-            worker,
-            workdir / "worker.log",
-        )
-        await _wait_consumed(
-            bootstrap,
-            f"{prefix}msgstatus",
-            [settings.topic("status.canonical"), settings.topic("status.transitions")],
-            timeout,
-            worker,
-            workdir / "worker.log",
-        )
-    finally:
-        _stop(worker)
-    count, first, last = await _output_span(bootstrap, settings.topic("message.status"))
-    result["msgstatus"] = total / max(last - first, 1e-6)
+    rate, count = await worker_rate(bootstrap, prefix, workdir / "worker", env, timeout)
+    result["msgstatus"] = rate
     result["status_events"] = count
+
+    log("msgstatus worker, two processes in one group")
+    prefix2 = f"{prefix}two."
+    await copy_workload(bootstrap, work.records, prefix, prefix2)
+    result["msgstatus_two"], _ = await worker_rate(
+        bootstrap, prefix2, workdir / "two", env, timeout, processes=2
+    )
+    result["scaling_two"] = result["msgstatus_two"] / result["msgstatus"]
+
+    baseline = baseline_sources(workdir / "baseline")
+    if baseline is not None:
+        log(f"msgstatus worker as of {BASELINE_COMMIT} (before crash-consistent state)")
+        prefix3 = f"{prefix}old."
+        await copy_workload(bootstrap, work.records, prefix, prefix3)
+        result["msgstatus_baseline"], _ = await worker_rate(
+            bootstrap, prefix3, workdir / "old", env, timeout, sources=baseline
+        )
+        result["write_path_cost"] = result["msgstatus"] / result["msgstatus_baseline"]
+    result["baseline_commit"] = BASELINE_COMMIT
     result["ratio_vs_naive"] = result["msgstatus"] / result["naive_faust"]
     result["ratio_vs_naive_job"] = result["msgstatus"] / max(result["naive_job"], 1e-6)
     result["ratio_vs_passthrough"] = result["msgstatus"] / result["passthrough"]
