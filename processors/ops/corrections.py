@@ -9,8 +9,8 @@ read in another interleaving give `delivered` with `sent` implied instead of `se
 then `delivered`; a `delivery_unknown` fired a moment earlier or later) while telling
 consumers the same thing. So a message is *changed* when its outcome differs: the last
 status told (`delivery_unknown` counts as `sent`: it is a timer's judgement, and the
-live emitter fires it itself for a message still in `sent`), that status's error, the
-statuses reached (told or implied) and the engagement events seen.
+live emitter fires it itself for a message still in `sent`), that status's error and
+the engagement events seen.
 
 Correcting (DESIGN.md section 11: a sequence number never carries two different
 events). Nothing already published is replaced in place: a changed message gets NEW
@@ -144,23 +144,27 @@ def final_status(entries: list[Told]) -> str | None:
     return statuses[-1] if statuses else None
 
 
+def final_status_of(statuses: list[str]) -> str | None:
+    told = [s for s in statuses if s not in ENGAGEMENT]
+    return told[-1] if told else None
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     status: str | None
     error: tuple[Any, Any] | None
-    reached: frozenset[str]
     engaged: frozenset[str]
 
 
 def outcome(entries: list[Told]) -> Outcome:
+    """What a history tells in the end. The milestones on the way are left out: which
+    of them were told depends on the order records arrived in (a failure read before its
+    `sent` makes the `sent` stale), not on the mapping."""
     statuses = [e for e in entries if not e.engagement]
     last = statuses[-1] if statuses else None
-    reached = {s for e in statuses for s in (e.status, *e.implied)} - {UNKNOWN}
-    status = None if last is None else last.status
     return Outcome(
-        status=_as_sent(status),
+        status=None if last is None else _as_sent(last.status),
         error=None if last is None else last.error,
-        reached=frozenset(reached),
         engaged=frozenset(e.status for e in entries if e.engagement),
     )
 

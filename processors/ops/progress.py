@@ -67,6 +67,7 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self._now = now
         self.done = 0
+        self.note = ""
         self._base: tuple[float, int] | None = None  # (time, done) when it first moved
         self._drawn = float("-inf")
         self._width = 0
@@ -94,7 +95,8 @@ class Progress:
         self.update(self.done + count)
 
     def line(self) -> str:
-        return render(self.label, self.done, self.total, self.rate(), self.unit)
+        text = render(self.label, self.done, self.total, self.rate(), self.unit)
+        return f"{text} -- {self.note}" if self.note else text
 
     def _draw(self, final: bool) -> None:
         now = self._now()
@@ -112,9 +114,8 @@ class Progress:
         self.stream.flush()
 
     def finish(self, note: str = "") -> None:
-        """Draw the last state once more (always), with an optional note."""
-        if note:
-            self.label = f"{self.label} {note}"
+        """Draw the last state once more (always), with an optional note at the end."""
+        self.note = note
         self._draw(True)
 
 

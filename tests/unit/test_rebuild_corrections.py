@@ -75,6 +75,8 @@ def test_same_history_is_unchanged_and_emits_nothing():
         (history("sent", "delivery_unknown", "delivered"), history("sent", "delivered")),
         # a read that implies delivered, or delivered told on its own
         (history("sent", ("read", ["delivered"], None)), history("sent", "delivered", "read")),
+        # a failure read before its sent (a replayed copy in another raw partition)
+        (history("sent", ("undelivered", [], ERR)), history(("undelivered", [], ERR))),
     ],
 )
 def test_same_outcome_by_another_path_is_unchanged(live, rebuilt):
