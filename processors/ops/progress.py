@@ -49,8 +49,8 @@ def render(
 class Progress:
     """Tracks done/total and draws `render()` on `stream`.
 
-    The rate is measured over the time since the first update that moved (start-up,
-    such as a consumer joining, does not count as slow progress).
+    The rate is measured from the first update that moved on (start-up, such as a
+    consumer joining, does not count as slow progress).
     """
 
     def __init__(
@@ -87,7 +87,8 @@ class Progress:
         if total is not None:
             self.total = total
         if self._base is None and done != self.done:
-            self._base = (self._now(), self.done)
+            # the first move marks the start (its own records came at an unknown time)
+            self._base = (self._now(), done)
         self.done = done
         self._draw(False)
 

@@ -24,6 +24,7 @@ worker refuses to start in between.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import secrets
 import sys
@@ -140,6 +141,15 @@ async def _wait_stopped(admin: Admin, settings: Settings, shadow: Shadow, timeou
         await asyncio.sleep(1.0)
 
 
+async def _still_stopped(admin: Admin, settings: Settings) -> None:
+    members = await admin.members([app_group(settings), normalize_group(settings)])
+    if any(members.values()):
+        raise OpsError(
+            "a live worker started during the switch-over: stop every worker and run "
+            "`msgstatus rebuild` again to finish it"
+        )
+
+
 async def _settle_live(admin: Admin, settings: Settings) -> None:
     """Dry run with live workers running: let them emit what they have read, so the
     comparison does not count their backlog as a difference."""
@@ -222,6 +232,7 @@ async def _switch(
         emitted_at = time.time()
         for partition in range(settings.partitions):
             if plans is not None and producer is not None:
+                await _still_stopped(admin, settings)
                 state, plan = await plans.load(partition)
                 if state == "applied":
                     continue
@@ -313,6 +324,8 @@ async def _real(
                 shadow=shadow.prefix,
             )
             switching = True
+            # a worker that started just before the journal said so (it checks at start)
+            await _wait_stopped(admin, settings, shadow, req.stop_timeout)
         # Everything a live worker read is in the raw topics up to their ends now (the
         # workers are stopped): the shadow reads at least that far, then drains.
         records = max(
@@ -322,12 +335,7 @@ async def _real(
         await shadow.drain(admin, say)
         shadow.stop()
         published = await _switch(admin, settings, shadow, req, tally)
-        busy = await admin.members([app_group(settings), normalize_group(settings)])
-        if any(busy.values()):
-            raise OpsError(
-                "a live worker started during the switch-over: stop every worker and run "
-                "`msgstatus rebuild` again to finish it"
-            )
+        await _still_stopped(admin, settings)
         summary = {
             "rebuild": str(number),
             "dry_run": False,
@@ -357,8 +365,11 @@ async def _real(
                 "again to finish it; the workers refuse to start until then"
             )
         else:
-            await journal.write(settings, number, journal.FAILED, providers=_scope_text(req.scope))
-            await shadow.cleanup(admin)
+            with contextlib.suppress(Exception):  # Kafka may be what failed
+                await journal.write(
+                    settings, number, journal.FAILED, providers=_scope_text(req.scope)
+                )
+                await shadow.cleanup(admin)
         raise
 
 
