@@ -331,10 +331,13 @@ def emitter_value(
     key: str, rebuilt: dict[str, Any], sequence: int, index: int
 ) -> tuple[bytes, list[str]]:
     """The rebuilt emitter state for a corrected message: the live sequence after the
-    corrections, the ordering index it now follows, no output records (they name shadow
-    offsets). Returns the value and the time-index keys to file (deadline, expiry)."""
+    corrections, the ordering index it now follows, no output records and no poll-request
+    offset (they name shadow offsets). Returns the value and the time-index keys to file
+    (deadline, expiry)."""
     state = dict(rebuilt)
     state.update(seq=sequence, li=index, out={})
+    if state.get("ask"):  # [marker offset, time]: the offset is the shadow's
+        state["ask"] = [UNBOUND, *state["ask"][1:]]
     keys = []
     if state.get("dl") is not None:
         bucket = deadlines.bucket_of(DEADLINE, float(state["dl"]))

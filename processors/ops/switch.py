@@ -219,37 +219,50 @@ async def compare(
 ) -> PartitionPlan:
     """Judge every in-scope message of one partition and plan its switch."""
     old, new = await snapshots(reader, live, shadow, partition, scope)
-    live_events, live_ordering, live_emitter = old.events, old.ordering, old.emitter
-    new_events, new_ordering, new_emitter = new.events, new.ordering, new.emitter
+    return plan_partition(partition, old, new, limit, rebuild, emitted_at, tally)
+
+
+def plan_partition(
+    partition: int,
+    old: Snapshot,
+    new: Snapshot,
+    limit: float | None,
+    rebuild: str,
+    emitted_at: float,
+    tally: Tally,
+) -> PartitionPlan:
+    """What the switch writes for one partition (pure): the rebuilt ordering state of
+    every message it does not leave alone, and for changed ones the emitter state, the
+    corrections and the read-model document."""
     plan = PartitionPlan(partition)
-    pending = int(live_emitter.get(PENDING_KEY) or 0)
+    pending = int(old.emitter.get(PENDING_KEY) or 0)
     delta = 0
     empty = c.Published()
-    for key in sorted(set(live_events) | set(new_events) | set(new_ordering)):
-        raw_emitter = live_emitter.get(key)
+    for key in sorted(set(old.events) | set(new.events) | set(new.ordering)):
+        raw_emitter = old.emitter.get(key)
         old_emitter = orjson.loads(raw_emitter) if raw_emitter else None
         verdict = c.judge(
             key,
-            live_events.get(key, empty),
+            old.events.get(key, empty),
             int((old_emitter or {}).get("seq", 0)),
-            new_events.get(key, empty),
+            new.events.get(key, empty),
             limit,
             rebuild,
             emitted_at,
         )
+        if verdict.events and key not in new.emitter:  # expired from the shadow's state
+            log.warning("%s: no emitter state in the rebuilt generation; left as it is", key)
+            verdict.kind, verdict.events = c.INCOMPLETE, []
         if verdict.live or verdict.rebuilt:
             tally.add(verdict)
-        if verdict.kind in (c.MISSING, c.INCOMPLETE) or key not in new_ordering:
+        if verdict.kind in (c.MISSING, c.INCOMPLETE) or key not in new.ordering:
             continue  # left as it is
         value, index, keys = c.ordering_value(
-            key, new_ordering[key], live_ordering.get(key), old_emitter
+            key, new.ordering[key], old.ordering.get(key), old_emitter
         )
         entry: dict[str, Any] = {"key": key, "ordering": value.decode(), "ordering_index": keys}
-        if verdict.events and key not in new_emitter:  # expired from the shadow's state
-            log.warning("%s: no emitter state in the rebuilt generation; left as it is", key)
-            continue
         if verdict.events:
-            state = orjson.loads(new_emitter[key])
+            state = orjson.loads(new.emitter[key])
             emitter, emitter_keys = c.emitter_value(key, state, verdict.sequence, index)
             entry.update(
                 emitter=emitter.decode(),

@@ -12,6 +12,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from processors.ops import corrections as c
+from processors.ops.switch import PENDING_KEY, Snapshot, Tally, plan_partition
 from processors.stream import cloudevents
 
 KEY = "twilio:SM1"
@@ -235,10 +236,19 @@ def test_ordering_value_unbinds_receipts_and_continues_the_index():
 
 
 def test_emitter_value_sets_sequence_and_files_deadline():
-    rebuilt = {"seq": 1, "li": 1, "told": "sent", "dl": T0 + 3600.5, "m": META, "out": {"1": [5]}}
+    rebuilt = {
+        "seq": 1,
+        "li": 1,
+        "told": "sent",
+        "dl": T0 + 3600.5,
+        "m": META,
+        "out": {"1": [5]},
+        "ask": [17, T0],
+    }
     value, keys = c.emitter_value(KEY, rebuilt, 4, 6)
     state = orjson.loads(value)
     assert (state["seq"], state["li"], state["out"], state["told"]) == (4, 6, {}, "sent")
+    assert state["ask"] == [c.UNBOUND, T0]
     assert keys == [f"~d:{int(T0 + 3600):012d}:{KEY}"]
     assert rebuilt["seq"] == 1  # the input is not modified
 
@@ -256,3 +266,64 @@ def test_schema_refuses_a_malformed_correction():
     assert not list(VALIDATOR.iter_errors(event))
     event["data"]["correction"] = {"rebuild": "7"}
     assert list(VALIDATOR.iter_errors(event))
+
+
+# --- one partition's plan (processors/ops/switch.py) ------------------------------------
+
+
+def _ordering(status: str, index: int, src: int = 40) -> bytes:
+    return orjson.dumps(
+        {"s": status, "i": index, "a": [status], "c": 0, "r": {f"{status}|x": [src, "applied"]}}
+    )
+
+
+def _emitter(seq: int, told: str, dl: float | None = None) -> bytes:
+    return orjson.dumps({"seq": seq, "li": seq, "told": told, "dl": dl, "m": META, "out": {}})
+
+
+def test_partition_plan_switches_states_and_corrects_only_changed_messages():
+    same, fixed, gone, other = "twilio:SAME", "twilio:SM1", "twilio:GONE", "twilio:NEW"
+    old = Snapshot(
+        events={
+            same: c.published(history("sent")),
+            fixed: c.published(history("sent", "delivered")),
+            gone: c.published(history("sent")),
+        },
+        ordering={same: _ordering("sent", 1), fixed: _ordering("delivered", 2)},
+        emitter={
+            same: _emitter(1, "sent", T0 + 3600),
+            fixed: _emitter(2, "delivered"),
+            gone: _emitter(1, "sent"),
+            PENDING_KEY: b"5",
+        },
+    )
+    new = Snapshot(
+        events={
+            same: c.published(history("sent")),
+            fixed: c.published(history("sent", ("undelivered", [], ERR))),
+            other: c.published(history("sent")),
+        },
+        ordering={
+            same: _ordering("sent", 1),
+            fixed: _ordering("undelivered", 2),
+            other: _ordering("sent", 1),
+        },
+        emitter={
+            same: _emitter(1, "sent", T0 + 3600),
+            fixed: _emitter(2, "undelivered"),
+            other: _emitter(1, "sent", T0 + 7200),
+        },
+    )
+    tally = Tally()
+    plan = plan_partition(2, old, new, None, "9", T0 + 100, tally)
+    by_key = {e["key"]: e for e in plan.entries}
+    assert set(by_key) == {same, fixed, other}  # `gone` (live only) is left alone
+    assert "events" not in by_key[same] and "emitter" not in by_key[same]
+    assert statuses(by_key[fixed]["events"]) == [(3, "undelivered")]
+    switched = orjson.loads(by_key[fixed]["emitter"])
+    assert (switched["seq"], switched["told"], switched["li"]) == (3, "undelivered", 2)
+    assert orjson.loads(by_key[fixed]["ordering"])["r"]["undelivered|x"][0] == c.UNBOUND
+    assert by_key[fixed]["doc"]["status"] == "undelivered"
+    assert statuses(by_key[other]["events"]) == [(1, "sent")]
+    assert plan.pending == 6  # the new message waits for a deadline now
+    assert tally.kinds == {c.UNCHANGED: 1, c.CHANGED: 1, c.NEW: 1, c.MISSING: 1}
