@@ -66,6 +66,7 @@ class Progress:
         self.unit = unit
         self.stream = stream if stream is not None else sys.stderr
         self._now = now
+        self._started = now()
         self.done = 0
         self.note = ""
         self._base: tuple[float, int] | None = None  # (time, done) when it first moved
@@ -86,6 +87,8 @@ class Progress:
         """Set the absolute count (and the total, when it became known or changed)."""
         if total is not None:
             self.total = total
+        if self.total is not None and done > self.total:
+            self.total = done  # the log grew while it was read
         if self._base is None and done != self.done:
             # the first move marks the start (its own records came at an unknown time)
             self._base = (self._now(), done)
@@ -115,8 +118,9 @@ class Progress:
         self.stream.flush()
 
     def finish(self, note: str = "") -> None:
-        """Draw the last state once more (always), with an optional note at the end."""
-        self.note = note
+        """Draw the last state once more (always), with the time taken and a note."""
+        took = f"in {clock(self._now() - self._started)}"
+        self.note = f"{took}, {note}" if note else took
         self._draw(True)
 
 

@@ -52,7 +52,7 @@ def test_progress_off_a_terminal_writes_a_line_every_few_seconds():
     bar.finish("done")
     lines = out.getvalue().splitlines()
     assert 2 <= len(lines) <= 5, lines  # not one per record
-    assert lines[-1].startswith("replay [####") and lines[-1].endswith("-- done")
+    assert lines[-1].startswith("replay [####") and lines[-1].endswith("-- in 0:10, done")
     assert "100/100 records 100%" in lines[-1]
 
 
