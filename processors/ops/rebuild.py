@@ -35,6 +35,7 @@ from typing import Any
 from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from processors import providers
 from processors.config import Settings
 from processors.ops import journal
 from processors.ops.kafka import OpsError, connect
@@ -52,7 +53,14 @@ from processors.ops.switch import (
     horizon,
 )
 from processors.store.readmodel import ReadModel
-from processors.topics import MAX_MESSAGE_BYTES, STATUS, TABLES, changelog_topic
+from processors.topics import (
+    MAX_MESSAGE_BYTES,
+    STATUS,
+    TABLES,
+    all_topics,
+    changelog_topic,
+    ensure_topics,
+)
 
 PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 LIVE_SETTLE = 60.0  # seconds a dry run waits for running live workers to catch up
@@ -174,6 +182,8 @@ async def _settle_live(admin: Admin, settings: Settings) -> None:
 async def _build(admin: Admin, shadow: Shadow, targets: dict[Any, int], label: str) -> int:
     """Run the shadow until its normalize stage committed `targets`; returns the count."""
     if not shadow.alive():
+        # its topics first, so that nothing waits on a worker still starting up
+        await ensure_topics(shadow.settings, all_topics(shadow.settings, providers.REGISTRY))
         shadow.start()
     progress = Progress(label, None)
     await shadow.wait_committed(admin, normalize_group(shadow.settings), targets, progress)
