@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import re
 import secrets
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -283,6 +282,18 @@ async def _switch(
     return published
 
 
+async def _discard(admin: Admin, shadow: Shadow) -> None:
+    """Delete the shadow generation; if Kafka does not let us, say what is left."""
+    try:
+        await shadow.cleanup(admin)
+    except Exception as exc:
+        say(
+            f"rebuild {shadow.name}: could not delete the shadow generation ({exc!r}); "
+            f"delete the topics and consumer groups starting with {shadow.prefix!r} and "
+            f"{shadow.data_dir} by hand"
+        )
+
+
 async def _dry_run(admin: Admin, settings: Settings, req: Request, number: int) -> dict[str, Any]:
     shadow = Shadow(settings, f"{number}-dry-{secrets.token_hex(3)}")
     tally = Tally(req.examples)
@@ -297,7 +308,7 @@ async def _dry_run(admin: Admin, settings: Settings, req: Request, number: int) 
         await _settle_live(admin, settings)
         await _switch(admin, settings, shadow, req, tally)
     finally:
-        await shadow.cleanup(admin)
+        await _discard(admin, shadow)
     return {
         "rebuild": shadow.name,
         "dry_run": True,
@@ -364,7 +375,7 @@ async def _real(
             published=published,
         )
         switching = False
-        await shadow.cleanup(admin)
+        await _discard(admin, shadow)
         say(f"rebuild {number}: switched over; start the workers again")
         return summary
     except BaseException:
@@ -379,7 +390,7 @@ async def _real(
                 await journal.write(
                     settings, number, journal.FAILED, providers=_scope_text(req.scope)
                 )
-                await shadow.cleanup(admin)
+            await _discard(admin, shadow)
         raise
 
 
@@ -436,5 +447,4 @@ def main(settings: Settings, req: Request) -> dict[str, Any]:
     try:
         return asyncio.run(guarded())
     except (KeyboardInterrupt, asyncio.CancelledError):
-        print("msgstatus rebuild: interrupted", file=sys.stderr)
-        raise OpsError("interrupted") from None
+        raise OpsError("rebuild interrupted") from None
