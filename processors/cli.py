@@ -1,4 +1,4 @@
-"""`msgstatus` command line: gateway, worker, poller, tail, status, replay, redrive, ...
+"""`msgstatus` command line: gateway, worker, poller, tail, status, replay, redrive, rebuild, ...
 
 Exit status 0 on success, 2 on bad usage, 1 on failure; progress on stderr, results on
 stdout (DESIGN.md section 10).
@@ -87,6 +87,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    if ops_commands.rebuild_switching(settings, loop):
+        return 1
     loop.run_until_complete(ensure_topics(settings, all_topics(settings, providers.REGISTRY)))
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.http_host)
@@ -210,6 +212,7 @@ COMMANDS = {
     "poller": cmd_poller,
     "replay": ops_commands.cmd_replay,
     "redrive": ops_commands.cmd_redrive,
+    "rebuild": ops_commands.cmd_rebuild,
 }
 
 

@@ -240,6 +240,9 @@ def _check_deadlines(settings: Settings) -> None:
 class Settings:
     kafka_bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = ""
+    # Prefix of the raw.<provider> topics when it differs from topic_prefix (None: the
+    # same). `msgstatus rebuild` runs its shadow worker on the live raw topics this way.
+    raw_topic_prefix: str | None = None
     partitions: int = 4
     redis_url: str = "redis://127.0.0.1:6379/0"
     state_backend: str = "rocksdb"
@@ -318,6 +321,10 @@ class Settings:
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 
+    @property
+    def raw_prefix(self) -> str:
+        return self.topic_prefix if self.raw_topic_prefix is None else self.raw_topic_prefix
+
     def secret(self, name: str) -> str | None:
         """Provider secret `MSGSTATUS_<NAME>`, else the first account's value from the file.
 
@@ -359,6 +366,7 @@ class Settings:
         settings = cls(
             kafka_bootstrap=env.get("MSGSTATUS_KAFKA_BOOTSTRAP", d.kafka_bootstrap),
             topic_prefix=env.get("MSGSTATUS_TOPIC_PREFIX", ""),
+            raw_topic_prefix=env.get("MSGSTATUS_RAW_TOPIC_PREFIX"),  # "" is a prefix too
             partitions=_int(env, "MSGSTATUS_PARTITIONS", d.partitions),
             redis_url=env.get("MSGSTATUS_REDIS_URL", d.redis_url),
             state_backend=backend,

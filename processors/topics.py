@@ -51,7 +51,7 @@ def changelog_topic(settings: Settings, table: str) -> str:
 
 
 def raw_topic(settings: Settings, provider: str) -> str:
-    return settings.topic(f"raw.{provider}")
+    return f"{settings.raw_prefix}raw.{provider}"
 
 
 @functools.lru_cache(maxsize=262_144)

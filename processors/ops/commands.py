@@ -1,4 +1,4 @@
-"""The `replay` and `redrive` subcommands: flags, exit status, what goes to stdout.
+"""The `replay`, `redrive` and `rebuild` subcommands: flags, exit status, what goes to stdout.
 
 Results are JSON on stdout, progress on stderr; exit 0 on success, 2 on bad usage, 1 on
 failure (DESIGN.md section 10).
@@ -15,7 +15,7 @@ import orjson
 
 from processors import providers
 from processors.config import Settings
-from processors.ops import redrive, replay
+from processors.ops import rebuild, redrive, replay
 from processors.ops.kafka import OpsError
 
 
@@ -31,6 +31,24 @@ def add_parsers(sub: Any) -> None:
     d.add_argument("--list", action="store_true", help="print the dead letters, write nothing")
     d.add_argument("--dry-run", action="store_true", help="say what would be re-fed")
     d.add_argument("--id", action="append", dest="ids", help="only this dead letter (repeatable)")
+    b = sub.add_parser(
+        "rebuild", help="recompute state from the raw topics, then switch over (see docs)"
+    )
+    b.add_argument("--provider", action="append", help="only this provider's messages (repeatable)")
+    b.add_argument("--all", action="store_true", help="every message (the default)")
+    b.add_argument("--dry-run", action="store_true", help="print what would change, write nothing")
+    b.add_argument(
+        "--examples", type=int, default=20, help="differing messages to print (default 20)"
+    )
+    b.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=3600.0,
+        help="seconds to wait for the workers to be stopped before switching (default 3600)",
+    )
+    b.add_argument(
+        "--no-read-model", action="store_true", help="do not update the Redis read model"
+    )
 
 
 def _print(payload: Any) -> None:
@@ -96,3 +114,43 @@ def cmd_redrive(settings: Settings, args: argparse.Namespace) -> int:
     if result.get("gone"):
         return _fail(f"{len(result['gone'])} source record(s) are gone (retention)", 1)
     return 0
+
+
+def cmd_rebuild(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        req = rebuild.request(
+            args.provider,
+            args.all,
+            args.dry_run,
+            args.examples,
+            args.stop_timeout,
+            not args.no_read_model,
+        )
+    except rebuild.UsageError as exc:
+        return _fail(str(exc), 2)
+    try:
+        summary = rebuild.main(settings, req)
+    except OpsError as exc:
+        return _fail(str(exc), 1)
+    _print(summary)
+    return 0
+
+
+def rebuild_switching(settings: Settings, loop: asyncio.AbstractEventLoop) -> bool:
+    """For `msgstatus worker`: True (after saying why) while a rebuild switches over, when
+    a worker must not start. Kafka unreachable: False, the worker reports that itself."""
+    from processors.ops import journal
+
+    try:
+        busy = loop.run_until_complete(asyncio.wait_for(journal.switching(settings), 30))
+    except Exception:
+        return False
+    if busy is None:
+        return False
+    print(
+        f"msgstatus worker: rebuild {busy['rebuild']} is switching over the live state "
+        f"(since {busy.get('at')}, pid {busy.get('pid')} on {busy.get('host')}); start the "
+        "workers when it has finished (run `msgstatus rebuild` to finish an interrupted one)",
+        file=sys.stderr,
+    )
+    return True

@@ -19,6 +19,7 @@ from aiokafka import TopicPartition
 
 from processors.config import Settings
 from processors.ops.kafka import OpsError, append, connect, partitions, read_range
+from processors.ops.progress import Progress
 from processors.topics import DEADLETTER
 
 
@@ -65,7 +66,9 @@ async def read_letters(settings: Settings) -> list[dict[str, Any]]:
         tps = await partitions(consumer, [settings.topic(DEADLETTER)])
         ends = await consumer.end_offsets(tps)
         starts = await consumer.beginning_offsets(tps)
+        progress = Progress("reading dead letters", sum(ends[tp] - starts[tp] for tp in tps))
         async for record in read_range(consumer, starts, ends):
+            progress.advance()
             try:
                 letters.append(orjson.loads(record.value))
             except orjson.JSONDecodeError:
@@ -76,6 +79,7 @@ async def read_letters(settings: Settings) -> list[dict[str, Any]]:
                         "source": None,
                     }
                 )
+        progress.finish()
     finally:
         await consumer.stop()
     return letters
@@ -94,8 +98,10 @@ async def refeed(settings: Settings, sources: dict[TopicPartition, set[int]]) ->
         firsts = await consumer.beginning_offsets(list(sources))
         ends = await consumer.end_offsets(list(sources))
         pending = []
+        progress = Progress("redrive", sum(len(offsets) for offsets in sources.values()))
         for tp, offsets in sources.items():
             for offset in sorted(offsets):
+                progress.advance()
                 if not firsts[tp] <= offset < ends[tp]:
                     gone.append(f"{tp.topic}:{tp.partition}:{offset}")
                     continue
@@ -103,6 +109,7 @@ async def refeed(settings: Settings, sources: dict[TopicPartition, set[int]]) ->
                     pending.append(await append(producer, record))
                     copied += 1
         await asyncio.gather(*pending)
+        progress.finish(f"done: {copied:,} re-fed, {len(gone):,} gone")
     finally:
         await producer.stop()
         await consumer.stop()

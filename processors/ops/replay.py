@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from processors.config import Settings
 from processors.ops.kafka import OpsError, append, connect, partitions, read_range
+from processors.ops.progress import Progress
 from processors.topics import raw_topic
 
 
@@ -109,7 +109,13 @@ async def replay(settings: Settings, chosen: Selection, dry_run: bool) -> Summar
         else:
             starts = dict(firsts)
         pending = []
+        # the offset range is known up front; --since/--until may skip some of it
+        progress = Progress(
+            "replay (dry run)" if dry_run else "replay",
+            sum(max(0, ends[tp] - starts[tp]) for tp in tps),
+        )
         async for record in read_range(consumer, starts, ends):
+            progress.advance()
             if not chosen.wants(record.timestamp):
                 continue
             summary.topics[record.topic] += 1
@@ -118,9 +124,8 @@ async def replay(settings: Settings, chosen: Selection, dry_run: bool) -> Summar
                 if len(pending) >= 5000:
                     await asyncio.gather(*pending)
                     pending.clear()
-            if summary.records % 10000 == 0:
-                print(f"replay: {summary.records} records so far", file=sys.stderr)
         await asyncio.gather(*pending)
+        progress.finish(f"done: {summary.records:,} {'counted' if dry_run else 'copied'}")
     finally:
         if producer is not None:
             await producer.stop()

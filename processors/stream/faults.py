@@ -15,6 +15,8 @@ Points (docs/architecture.md, "Crash consistency"):
 - `before-commit`: every output of the processed records is acknowledged, their input
   offsets are not committed yet.
 - `normalize-before-commit`: the same for the normalize stage's raw offsets.
+- `rebuild-applying`: `msgstatus rebuild` wrote one partition's table values to the live
+  changelogs; its corrections are not published yet (processors/ops/switch.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ POINTS = frozenset(
         "revoke-waiting",
         "before-commit",
         "normalize-before-commit",
+        "rebuild-applying",
     }
 )
 
