@@ -39,6 +39,7 @@ from processors.providers.base import (
     constant_time_equal,
 )
 from processors.store.readmodel import ReadModel, ReadModelUnavailable
+from processors.topics import raw_topic
 
 log = logging.getLogger(__name__)
 
@@ -396,7 +397,7 @@ class Gateway:
         claim = self._claim(name, provider, webhook)
         if isinstance(claim, web.Response):
             return claim
-        record = raw.encode(settings.topic(f"raw.{name}"), webhook, provider.SIGNATURE_HEADERS)
+        record = raw.encode(raw_topic(settings, name), webhook, provider.SIGNATURE_HEADERS)
         try:
             await self.sink.publish(record)
         except KafkaUnavailable as exc:

@@ -34,7 +34,7 @@ from processors import kafka_client
 from processors.config import Settings
 from processors.stream import faults, markers, metrics
 from processors.stream.normalize import encode_dead_letter, normalize, pack_events
-from processors.topics import CANONICAL, CONVERSATIONS, DEADLETTER
+from processors.topics import CANONICAL, CONVERSATIONS, DEADLETTER, raw_topic
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ class Normalizer:
         settings = self.settings
         written: list[asyncio.Future] = []
         seen: dict[Any, float | None] = {}
-        raw_prefix = len(settings.topic("raw."))
+        raw_prefix = len(raw_topic(settings, ""))
         grouped: dict[int, list[dict[str, Any]]] = {}
         for tp, recs in records.items():
             provider = tp.topic[raw_prefix:]
