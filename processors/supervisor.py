@@ -113,13 +113,13 @@ def supervise(
             if stopping:
                 return max(code, 0)
             if code in FINAL_CODES:
-                log.error("%s stopped with %s: not restarting it", name, describe(code))
+                log.error("%s ended: %s; not restarting it", name, describe(code))
                 return code
             if time.monotonic() - started >= stable_after:
                 delay = first_delay
             restarts += 1
             log.error(
-                "%s stopped with %s; restarting it in %.1f s (restart %d)",
+                "%s ended: %s; restarting it in %.1f s (restart %d)",
                 name,
                 describe(code),
                 delay,
