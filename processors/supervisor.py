@@ -12,8 +12,10 @@ and restarts it after any exit it did not ask for, with a capped exponential bac
 - Exit code 2 (bad configuration or usage) is not retried: the supervisor exits 2.
   Neither is faults.EXIT_CODE (99, a crash injected by a test with MSGSTATUS_CRASH_AT,
   which would only happen again).
-- The child runs in its own process group (so a Ctrl-C reaches it once, through the
-  supervisor) and, on Linux, is killed if the supervisor dies (PR_SET_PDEATHSIG).
+- The child stays in the supervisor's process group, so a signal to the group (Ctrl-C,
+  `kill -STOP -<pgid>`, a SIGKILL of the group) reaches both; the worker and the poller
+  act on the first SIGTERM/SIGINT and ignore the forwarded repeat. On Linux the child is
+  killed if the supervisor alone dies (PR_SET_PDEATHSIG).
 
 `--no-supervisor` runs the process directly, for process managers that restart it
 themselves (systemd `Restart=`, a Kubernetes pod): they then see every exit.
@@ -101,9 +103,7 @@ def supervise(
     try:
         while True:
             started = time.monotonic()
-            proc = subprocess.Popen(
-                list(command), start_new_session=True, preexec_fn=_die_with_parent()
-            )
+            proc = subprocess.Popen(list(command), preexec_fn=_die_with_parent())
             child.append(proc)
             del child[:-1]
             if stopping:  # a signal came while it was starting

@@ -140,3 +140,27 @@ def test_exits_are_described_for_the_log() -> None:
     assert describe(70) == "exit code 70 (a Kafka write failed for good)"
     assert describe(-9) == "killed by SIGKILL"
     assert describe(3) == "exit code 3"
+
+
+def state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_signals_to_the_process_group_reach_the_child_too(tmp_path: Path) -> None:
+    """A frozen worker must be frozen for real (`kill -STOP -<pgid>`), and a group SIGTERM
+    (the test harness, Ctrl-C) is one clean stop, not a restart."""
+    proc, starts = start(tmp_path, "")
+    try:
+        wait_for(lambda: len(lines(starts)) == 1)
+        child = lines(starts)[0][0]
+        os.killpg(proc.pid, signal.SIGSTOP)
+        wait_for(lambda: state(child) == "T" and state(proc.pid) == "T", timeout=5)
+        os.killpg(proc.pid, signal.SIGCONT)
+        wait_for(lambda: state(child) != "T", timeout=5)
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert not alive(child) and len(lines(starts)) == 1
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -750,8 +750,17 @@ async def _main(settings: Settings, config: PollerConfig, configured: list[Targe
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     assert main is not None
+    stopping: list[int] = []
+
+    def stop() -> None:
+        # once: the supervisor forwards a signal the process group may have sent too, and
+        # a second cancel would cut the clean-up short
+        if not stopping:
+            stopping.append(1)
+            main.cancel()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, main.cancel)
+        loop.add_signal_handler(sig, stop)
     topics = [settings.topic(STATUS), settings.topic(POLL_REQUESTS)]
     topics += [raw_topic(settings, t.name) for t in configured]
     sink = KafkaRawSink(settings)
