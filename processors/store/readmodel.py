@@ -211,6 +211,24 @@ class ReadModel:
         await self._run(offsets, [])
         return refused
 
+    async def write(
+        self, docs: list[dict[str, Any]], history: list[tuple[str, dict[str, Any]]]
+    ) -> None:
+        """Write documents and history entries (message_key, entry with `observed_ts`)
+        outside the projector, e.g. a tool correcting messages while the workers are
+        stopped. Idempotent like the projector's writes, records no offsets, sets no TTL
+        (the projector's next write of the key does); the projector writes the same
+        events again when it reads them from `message.status`, harmlessly."""
+        batch = Batch()
+        for doc in docs:
+            writes = batch.message(doc["message_key"])
+            if writes.doc is None or writes.doc["sequence"] <= doc["sequence"]:
+                writes.doc = doc
+        for key, entry in history:
+            member = orjson.dumps(entry, option=orjson.OPT_SORT_KEYS)
+            batch.message(key).history[member] = float(entry["observed_ts"])
+        await self._run({}, self._message_args(batch, 0.0, 0.0))
+
     def _message_args(
         self, batch: Batch, retention: float, now: float
     ) -> list[tuple[str, list[str], list[Any]]]:

@@ -354,3 +354,23 @@ async def test_an_idle_projector_rebuilds_a_redis_that_came_back_empty(
         await producer.stop()
         await model.close()
         redis.stop()
+
+
+async def test_documents_written_by_a_tool_outside_the_projector(redis_server, topic_prefix):
+    """`msgstatus rebuild` writes corrected documents directly; the projector's later
+    write of the same event changes nothing and the entry is shown once."""
+    model = ReadModel(redis_server.url, topic_prefix)
+    try:
+        entry = {"status": "delivered", "outcome": "applied", "sequence": 3, "observed_ts": 5.5}
+        await model.write([doc("crm:w", 3, "delivered"), doc("crm:w", 2, "sent")], [
+            ("crm:w", entry)
+        ])  # fmt: skip
+        later = Batch(offsets={}, expected={})
+        later.message("crm:w").doc = doc("crm:w", 3, "delivered")
+        later.message("crm:w").history[orjson.dumps({**entry, "observed_ts": 5.0})] = 5.0
+        await model.apply(later, retention=0.0, now=time.time())
+        got = await model.get("crm:w")
+        assert got["status"] == "delivered" and got["sequence"] == 3
+        assert got["history"] == [{"status": "delivered", "outcome": "applied", "sequence": 3}]
+    finally:
+        await model.close()
