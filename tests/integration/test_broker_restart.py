@@ -31,6 +31,8 @@ from support.stream import check_message, read_to_end
 from processors.store.readmodel import ReadModel
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# POST /v1/events: its own write token where the gateway has one, else the API token
+EVENTS_TOKEN = SECRETS.get("MSGSTATUS_EVENTS_TOKEN") or SECRETS["MSGSTATUS_API_TOKEN"]
 
 RATE = 8.0  # new messages per second
 BEFORE, OUTAGE, AFTER = 20.0, 30.0, 30.0  # seconds of traffic around and during the outage
@@ -82,7 +84,7 @@ class Generator:
         )
         headers = {
             "content-type": "application/json",
-            "authorization": f"Bearer {SECRETS['MSGSTATUS_API_TOKEN']}",
+            "authorization": f"Bearer {EVENTS_TOKEN}",
         }
         delay = 0.5
         give_up = time.monotonic() + GIVE_UP
@@ -244,7 +246,7 @@ async def generator_register(url: str, mid: str) -> bool:
     )
     headers = {
         "content-type": "application/json",
-        "authorization": f"Bearer {SECRETS['MSGSTATUS_API_TOKEN']}",
+        "authorization": f"Bearer {EVENTS_TOKEN}",
     }
     async with aiohttp.ClientSession() as session:
         for _ in range(30):

@@ -29,6 +29,8 @@ from processors.model import parse_time
 from processors.traffic import Request, post_all
 
 pytestmark = pytest.mark.integration
+# POST /v1/events: its own write token where the gateway has one, else the API token
+EVENTS_TOKEN = SECRETS.get("MSGSTATUS_EVENTS_TOKEN") or SECRETS["MSGSTATUS_API_TOKEN"]
 
 RYZE_TOKEN = "ryze-api-token"
 TP = TopicPartition("mem.status.pollrequests", 0)
@@ -144,7 +146,7 @@ def registration(provider: str, mid: str, account: str | None) -> Request:
         item["account"] = account
     headers = {
         "content-type": "application/json",
-        "authorization": f"Bearer {SECRETS['MSGSTATUS_API_TOKEN']}",
+        "authorization": f"Bearer {EVENTS_TOKEN}",
     }
     return Request("/v1/events", headers, orjson.dumps(item), [f"{provider}:{mid}"])
 
