@@ -180,6 +180,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--null-sink", action="store_true", help=argparse.SUPPRESS)
     w = sub.add_parser("worker", help="stream worker: normalize, order, emit")
     w.add_argument("--no-read-model", action="store_true", help="do not write the Redis read model")
+    w.add_argument("--no-supervisor", action="store_true", help=NO_SUPERVISOR_HELP)
     t = sub.add_parser("tail", help="print message.status events")
     t.add_argument("--from-beginning", action="store_true")
     t.add_argument("--json", action="store_true", help="print the CloudEvents as JSON lines")
@@ -191,7 +192,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument(
         "bench_args", nargs=argparse.REMAINDER, help="--quick, --only SECTION..., --out FILE"
     )
-    sub.add_parser("poller", help="poll poll-only providers (RyzeAPI, Octopods) for statuses")
+    po = sub.add_parser("poller", help="poll poll-only providers (RyzeAPI, Octopods) for statuses")
+    po.add_argument("--no-supervisor", action="store_true", help=NO_SUPERVISOR_HELP)
     d = sub.add_parser("demo", help="send signed demo webhooks to a running gateway")
     d.add_argument("--messages", type=int, default=300)
     d.add_argument("--url", default=None, help="gateway base URL (default from MSGSTATUS_HTTP_*)")
@@ -202,6 +204,12 @@ def parser() -> argparse.ArgumentParser:
     ops_commands.add_parsers(sub)
     return p
 
+
+NO_SUPERVISOR_HELP = (
+    "run in this process instead of a child that is restarted after every exit "
+    "(for systemd, Kubernetes and other managers that restart it themselves)"
+)
+SUPERVISED = ("worker", "poller")
 
 COMMANDS = {
     "gateway": cmd_gateway,
@@ -217,6 +225,7 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -232,6 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from processors.demo import run_demo
 
         return run_demo(settings, args)
+    if args.command in SUPERVISED and not args.no_supervisor:
+        from processors.supervisor import supervise
+
+        child = [sys.executable, "-m", "processors.cli", *argv, "--no-supervisor"]
+        return supervise(child, f"msgstatus {args.command}")
     try:
         return COMMANDS[args.command](settings, args)
     except KeyboardInterrupt:

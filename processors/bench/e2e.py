@@ -313,7 +313,7 @@ async def run(
     reader: StatusReader | None = None
     try:
         gateway, url = await gw.start_gateway(env, workdir)
-        worker = gw.Proc("worker", ["--no-read-model"], env, workdir).start()
+        worker = gw.Proc("worker", ["--no-read-model", "--no-supervisor"], env, workdir).start()
         await _wait_metrics(worker, metrics_port, READY_TIMEOUT)
         reader = StatusReader(bootstrap, prefix + "message.status")
         await reader.start()

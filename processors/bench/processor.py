@@ -230,8 +230,7 @@ async def copy_workload(bootstrap: str, records: list, prefix: str, into: str) -
     settings = single_broker(kafka_bootstrap=bootstrap, topic_prefix=into, partitions=4)
     await ensure_topics(settings, all_topics(settings, REGISTRY))
     copies = [
-        wl.raw.RawRecord(into + r.topic[len(prefix) :], r.key, r.value, r.headers)
-        for r in records
+        wl.raw.RawRecord(into + r.topic[len(prefix) :], r.key, r.value, r.headers) for r in records
     ]
     await wl.produce(bootstrap, copies)
 
@@ -260,13 +259,16 @@ async def worker_rate(
             "MSGSTATUS_LOG_LEVEL": "WARNING",
             **SINGLE_BROKER_ENV,
         }
+        args = [sys.executable, "-m", "processors.cli", "worker", "--no-read-model"]
         if sources is not None:  # run that commit's package, not this checkout's
             worker_env["PYTHONPATH"] = str(sources)
+        else:  # the bare worker process (its CPU), not today's supervisor around it
+            args.append("--no-supervisor")
         log_path = datadir.with_name(f"{datadir.name}-{i}.log")
         workers.append(
             (
                 _spawn(
-                    [sys.executable, "-m", "processors.cli", "worker", "--no-read-model"],
+                    args,
                     worker_env,
                     log_path,
                     cwd=sources,

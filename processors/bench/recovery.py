@@ -162,7 +162,7 @@ async def run(
     log("recovery: starting a worker on an empty disk")
     started = time.monotonic()
     worker: subprocess.Popen = _spawn(
-        [sys.executable, "-m", "processors.cli", "worker", "--no-read-model"],
+        [sys.executable, "-m", "processors.cli", "worker", "--no-read-model", "--no-supervisor"],
         env,
         workdir / "recovery-worker.log",
     )

@@ -294,9 +294,18 @@ class Gateway:
         return ok({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        if await self.sink.ready():
-            return ok({"status": "ready"})
-        return error(503, "Kafka is unreachable", **{"Retry-After": RETRY_AFTER_SECONDS})
+        """503 only while Kafka is unreachable (webhooks cannot be kept); the body names
+        every dependency that is down, Redis included (then only reads are affected)."""
+        up = await dependencies.check(self._dependency_probes())
+        state = {
+            "dependencies": {k: "up" if v else "down" for k, v in up.items()},
+            "down": [k for k, v in up.items() if not v],
+        }
+        if up[dependencies.KAFKA]:
+            return ok({"status": "ready", **state})
+        body = orjson.dumps({"error": "Kafka is unreachable", "status": 503, **state})
+        headers = {"Retry-After": RETRY_AFTER_SECONDS}
+        return web.Response(status=503, body=body, content_type="application/json", headers=headers)
 
     async def metrics(self, request: web.Request) -> web.Response:
         await dependencies.check(self._dependency_probes())

@@ -19,7 +19,13 @@ from collections import defaultdict
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
@@ -40,6 +46,12 @@ LINGER_SECONDS = 0.0
 # Deadlines are kept per window of this many seconds (one timer per window, not per
 # record), so a request may be answered 503 up to this much before produce_timeout.
 DEADLINE_GRANULARITY = 0.01
+# An idempotent batch takes its sequence numbers when it is first sent. One that then
+# fails (it expired while its partition had no leader: the broker was down) leaves a gap,
+# and the broker refuses every later batch of that partition with OutOfOrderSequenceNumber,
+# for good. The Java client then resets its producer id; aiokafka does not, so the sink
+# starts a new producer (a new id) when Kafka says any of these.
+STUCK_PRODUCER = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, ProducerFenced)
 
 
 class KafkaUnavailable(Exception):
@@ -147,6 +159,7 @@ class KafkaRawSink:
         self._flusher: asyncio.Task[None] | None = None
         self._backlog: dict[tuple[str, int], list[tuple[RawRecord, Waiter]]] = {}
         self._writers: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._renewal: asyncio.Task[None] | None = None
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -182,6 +195,9 @@ class KafkaRawSink:
         self._started = False
         self._stopping = True
         self._wakeup.set()
+        if self._renewal is not None:
+            self._renewal.cancel()
+            await asyncio.gather(self._renewal, return_exceptions=True)
         flusher, self._flusher = self._flusher, None
         if flusher is not None:
             # its last rounds are bounded by the producer's request timeout
@@ -289,15 +305,47 @@ class KafkaRawSink:
     async def _send(
         self, topic: str, partition: int, items: list[tuple[RawRecord, Waiter]]
     ) -> None:
+        producer = self._producer
         batches = self._batches(items)
         for index, (builder, waiters) in enumerate(batches):
             try:
-                written = await self._producer.send_batch(builder, topic, partition=partition)
+                written = await producer.send_batch(builder, topic, partition=partition)
             except BaseException as exc:
                 for _, unsent in batches[index:]:
                     _fail(unsent, _reason(exc))
                 raise
             written.add_done_callback(functools.partial(_settle, waiters))
+            written.add_done_callback(functools.partial(self._watch, producer))
+
+    def _watch(self, producer: AIOKafkaProducer, written: asyncio.Future) -> None:
+        """Start a new producer when Kafka refuses this one's sequence (STUCK_PRODUCER)."""
+        if written.cancelled() or not isinstance(written.exception(), STUCK_PRODUCER):
+            return
+        if producer is self._producer and self._renewal is None and self._started:
+            self._renewal = asyncio.create_task(self._renew(written.exception()))
+
+    async def _renew(self, why: BaseException | None) -> None:
+        log.warning("Kafka refuses the producer (%s): starting a new one", type(why).__name__)
+        old, new = self._producer, self._new_producer()
+        try:
+            while True:
+                try:
+                    await new.start()
+                    break
+                except (KafkaError, OSError):
+                    await new.stop()
+                    new = self._new_producer()
+                    await asyncio.sleep(1.0)
+        except asyncio.CancelledError:
+            await new.stop()
+            self._renewal = None
+            raise
+        self._producer = new
+        self._renewal = None
+        try:  # its batches fail fast now: this returns quickly
+            await asyncio.wait_for(old.stop(), self._timeout + 1)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            log.warning("stopping the old producer: %r", exc)
 
     def _batches(self, items: list[tuple[RawRecord, Waiter]]) -> list[tuple[Any, list[Waiter]]]:
         """The records as closed BatchBuilders (a full one starts the next) + their waiters."""

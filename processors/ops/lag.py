@@ -25,7 +25,7 @@ from prometheus_client import Gauge
 
 from processors import kafka_client, providers
 from processors.config import Settings
-from processors.topics import CANONICAL, CONVERSATIONS, TRANSITIONS, raw_topic
+from processors.topics import CANONICAL, CONVERSATIONS, STATUS, TRANSITIONS, raw_topic
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +47,17 @@ class Group:
 
 
 def worker_groups(settings: Settings) -> list[Group]:
-    """The worker's two groups: the Faust app (its agents' input topics) and the
-    normalize stage (every raw topic)."""
+    """The worker's groups: the Faust app (its agents' input topics), the normalize stage
+    (every raw topic) and the read-model projector (message.status, status.transitions)."""
     app_id = f"{settings.topic_prefix}{settings.app_id}"
     agents = tuple(settings.topic(t) for t in (CANONICAL, TRANSITIONS, CONVERSATIONS))
     raw = tuple(raw_topic(settings, name) for name in providers.REGISTRY)
-    return [Group(app_id, agents), Group(f"{app_id}-normalize", raw)]
+    projected = tuple(settings.topic(t) for t in (STATUS, TRANSITIONS))
+    return [
+        Group(app_id, agents),
+        Group(f"{app_id}-normalize", raw),
+        Group(f"{app_id}-readmodel", projected),
+    ]
 
 
 def lag(

@@ -169,7 +169,15 @@ class Shadow:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "processors.cli", "worker", "--no-read-model"],
+            # bare: a crashing shadow worker is reported, not restarted by a supervisor
+            [
+                sys.executable,
+                "-m",
+                "processors.cli",
+                "worker",
+                "--no-read-model",
+                "--no-supervisor",
+            ],
             env=self.env(),
             stdout=log,
             stderr=subprocess.STDOUT,

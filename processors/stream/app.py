@@ -33,7 +33,8 @@ from processors import dependencies, kafka_client, providers
 from processors.config import Settings
 from processors.model import FAILURES
 from processors.ops import lag
-from processors.store.readmodel import ReadModel, ReadModelUnavailable
+from processors.store.projector import Projector
+from processors.store.readmodel import ReadModel
 from processors.stream import deadlines, faults, fence, markers, metrics, patches
 from processors.stream.emission import Emitter, Policy
 from processors.stream.fasttable import FastTable
@@ -223,8 +224,6 @@ def build(
     rules = Rules(
         retention=settings.state_retention, marker_retention=settings.state_marker_retention
     )
-    read_model_queue: asyncio.Queue[tuple[list, list]] = asyncio.Queue(maxsize=10_000)
-
     writers = PartitionWriters(lambda: app.producer._ensure_producer(), on_write_error, ownership)
 
     async def flush() -> None:
@@ -382,7 +381,7 @@ def build(
     def decide(event: Any, msg: Any, batch: Any) -> Any:
         body = orjson.loads(event.value)
         ts = float(msg.timestamp)  # the record's own time: a redelivery emits the same bytes
-        logic = Emitter(batch, policy, history=read_model is not None)
+        logic = Emitter(batch, policy, history=False)  # the read model has its projector
         if markers.is_marker(event.key):
             bound = float(body["wm"]["bound"])
             metrics.WATERMARK_LAG.labels(str(msg.partition)).set(max(0.0, time.time() - bound))
@@ -421,11 +420,6 @@ def build(
         for seconds in out.latencies:
             metrics.END_TO_END.observe(max(0.0, seconds))
         metrics.PENDING_DEADLINES.labels(str(msg.partition)).set(pending)
-        if read_model is not None and (out.docs or out.notes):
-            try:
-                read_model_queue.put_nowait((list(out.docs.values()), out.notes))
-            except asyncio.QueueFull:
-                metrics.READ_MODEL_DROPPED.inc()
 
     # --- rebalances: let the record in hand finish, flush, commit, fence ---------------
     input_topics = set(tables_by_input)
@@ -590,20 +584,13 @@ def build(
             metrics.STATE_KEYS.labels(name).set(total)
 
     if read_model is not None:
+        # Redis is fed from message.status and status.transitions by a consumer of its
+        # own (processors/store/projector.py): it waits out a Redis outage, drops nothing.
+        projector = Projector(settings, read_model)
 
         @app.task
-        async def read_model_writer() -> None:
-            while True:
-                docs, notes = await read_model_queue.get()
-                while not read_model_queue.empty() and len(docs) < 2000:
-                    more_docs, more_notes = read_model_queue.get_nowait()
-                    docs += more_docs
-                    notes += more_notes
-                try:
-                    await read_model.write(docs, notes)
-                except ReadModelUnavailable as exc:
-                    metrics.READ_MODEL_DROPPED.inc(len(docs) + len(notes))
-                    log.warning("read model write failed: %s", exc)
+        async def read_model_projector() -> None:
+            await projector.run()
 
     @app.task
     async def set_log_levels() -> None:

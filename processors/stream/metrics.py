@@ -31,7 +31,8 @@ PENDING_DEADLINES = Gauge(
     ["partition"],
 )
 READ_MODEL_DROPPED = Counter(
-    "msgstatus_read_model_dropped_total", "Read-model writes dropped (Redis down or slow)"
+    "msgstatus_read_model_dropped_total",
+    "Read-model keys Redis refused for good, or records the projector could not read",
 )
 RESTORED = Counter(
     "msgstatus_restored_changelog_records_total",

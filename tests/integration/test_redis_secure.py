@@ -13,7 +13,7 @@ from support.infra import local_infra
 from support.tls import Pki, make_pki
 
 from processors.config import Settings
-from processors.store.readmodel import ReadModel, ReadModelUnavailable
+from processors.store.readmodel import Batch, ReadModel, ReadModelUnavailable
 
 pytestmark = pytest.mark.integration
 
@@ -61,12 +61,18 @@ def settings(port: int, pki: Pki, **env: str) -> Settings:
 DOC = {"message_key": "crm:tls-1", "sequence": 1, "status": "sent"}
 
 
+def one_document() -> Batch:
+    batch = Batch(offsets={"tls.message.status:0": 1}, expected={"tls.message.status:0": None})
+    batch.message(DOC["message_key"]).doc = DOC
+    return batch
+
+
 async def test_read_model_over_tls_with_an_acl_user(tls_redis) -> None:
     port, pki = tls_redis
     model = ReadModel.from_settings(settings(port, pki))
     try:
         assert await model.ping()
-        await model.write([DOC], [])
+        assert await model.apply(one_document(), retention=60.0, now=time.time()) == []
         assert (await model.get("crm:tls-1"))["status"] == "sent"
     finally:
         await model.close()

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
 from jsonschema import Draft202012Validator
 
 from processors.model import ENGAGEMENT, FAILURES, MILESTONES, RANK
@@ -149,3 +150,31 @@ async def send_events(bootstrap: str, topic: str, bodies: list[list[dict[str, An
             )
     finally:
         await producer.stop()
+
+
+async def read_to_end(bootstrap: str, topic: str) -> dict[str, list[dict[str, Any]]]:
+    """Every event of the topic up to its end offsets as of now, by message key."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    try:
+        cluster = await consumer._client.fetch_all_metadata()
+        partitions = cluster.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        left = {tp for tp in tps if ends[tp] > 0}
+        while left:
+            batch = await consumer.getmany(*left, timeout_ms=1000, max_records=5000)
+            for tp, records in batch.items():
+                for record in records:
+                    event = orjson.loads(record.value)
+                    by_key[event["data"]["message_key"]].append(event)
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    left.discard(tp)
+    finally:
+        await consumer.stop()
+    return dict(by_key)

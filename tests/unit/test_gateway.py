@@ -23,6 +23,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from yarl import URL
 
+from processors import dependencies
 from processors.config import Settings
 from processors.ingest import raw
 from processors.ingest.gateway import Gateway, is_form
@@ -614,6 +615,50 @@ async def test_healthz_and_readyz(client: TestClient):
     resp = await client.get("/metrics")
     assert resp.status == 200
     assert "msgstatus_gateway_requests_total" in await resp.text()
+
+
+class SwitchableReadModel:
+    """The read model's health check, switched by the test (no Redis here)."""
+
+    def __init__(self) -> None:
+        self.up = True
+
+    async def ping(self) -> bool:
+        return self.up
+
+
+async def test_readyz_names_what_is_down_and_fails_only_for_kafka(sink: MemorySink):
+    model = SwitchableReadModel()
+    client = TestClient(TestServer(Gateway(settings(), sink, model).app()))  # type: ignore[arg-type]
+    await client.start_server()
+    try:
+        resp = await client.get("/readyz")
+        assert resp.status == 200
+        assert await resp.json() == {
+            "status": "ready",
+            "dependencies": {"kafka": "up", "redis": "up"},
+            "down": [],
+        }
+        model.up = False  # only reads are affected: webhooks are still taken
+        resp = await client.get("/readyz")
+        assert resp.status == 200
+        body = await resp.json()
+        assert body["dependencies"] == {"kafka": "up", "redis": "down"}
+        assert body["down"] == ["redis"]
+        sink.available = False
+        resp = await client.get("/readyz")
+        assert resp.status == 503 and int(resp.headers["Retry-After"]) > 0
+        body = await resp.json()
+        assert body["error"] == "Kafka is unreachable" and body["down"] == ["kafka", "redis"]
+    finally:
+        await client.close()
+        dependencies.DEPENDENCY_UP.remove("redis")  # the gauge is process-wide
+    # without a read model Redis is no dependency of the gateway
+    client = await _client(settings(), MemorySink())
+    try:
+        assert (await (await client.get("/readyz")).json())["dependencies"] == {"kafka": "up"}
+    finally:
+        await client.close()
 
 
 async def test_metrics_report_whether_kafka_is_reachable(client: TestClient, sink: MemorySink):

@@ -23,9 +23,11 @@ def test_lag_never_negative() -> None:
     assert lag.lag({A0: 10}, {A0: 0}, {A0: 12}) == {A0: 0}
 
 
-def test_worker_groups_are_the_faust_app_and_the_normalize_stage() -> None:
+def test_worker_groups_are_the_faust_app_the_normalize_stage_and_the_projector() -> None:
     settings = Settings(topic_prefix="p.", app_id="msgstatus")
-    app, normalize = lag.worker_groups(settings)
+    app, normalize, projector = lag.worker_groups(settings)
+    assert projector.group_id == "p.msgstatus-readmodel"
+    assert projector.topics == ("p.message.status", "p.status.transitions")
     assert app.group_id == "p.msgstatus"
     assert app.topics == ("p.status.canonical", "p.status.transitions", "p.status.conversations")
     assert normalize.group_id == "p.msgstatus-normalize"

@@ -274,3 +274,51 @@ async def test_a_partition_waiting_for_its_drain_holds_no_other_back():
     zero = [b for t, p, b, _ in fake.sent if (t, p) == ("t.raw.twilio", 0)]
     assert len(zero) == 2, "what queued up while waiting left as one batch"
     await sink.stop()
+
+
+class RenewingSink(KafkaRawSink):
+    """A sink whose every producer is a new fake, as a real renewal makes a new one."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.fakes: list[FakeProducer] = []
+        super().__init__(settings)
+
+    def _new_producer(self):  # type: ignore[override]
+        self.fakes.append(FakeProducer())
+        return self.fakes[-1]
+
+
+async def test_a_producer_kafka_refuses_for_good_is_replaced_by_a_new_one():
+    """After the broker was down, a batch that expired with its sequence numbers taken
+    makes the broker refuse every later batch of that producer (OutOfOrderSequenceNumber):
+    before the fix the gateway answered 503 until it was restarted."""
+    from aiokafka.errors import OutOfOrderSequenceNumber
+
+    sink = RenewingSink(replace(Settings(), produce_timeout=2.0))
+    await sink.start()
+    first = sink.fakes[0]
+    first.fail_partition = (
+        "t.raw.twilio",
+        expected_partition(record(1)),
+        OutOfOrderSequenceNumber(),
+    )
+    with pytest.raises(KafkaUnavailable, match="OutOfOrderSequenceNumber"):
+        await sink.publish(record(1))  # this one is answered 503: the provider retries
+    for _ in range(50):
+        if len(sink.fakes) == 2 and first.stopped:
+            break
+        await asyncio.sleep(0.02)
+    assert len(sink.fakes) == 2 and first.stopped
+    await sink.publish(record(1))  # the retry goes through the new producer
+    assert [key for _, _, key, _, _ in sink.fakes[1].records()] == [b"key-0001"]
+    # other errors (a partition without leader for a while) keep the producer
+    sink.fakes[1].fail_partition = (
+        "t.raw.twilio",
+        expected_partition(record(2)),
+        NotLeaderForPartitionError(),
+    )
+    with pytest.raises(KafkaUnavailable):
+        await sink.publish(record(2))
+    await asyncio.sleep(0.05)
+    assert len(sink.fakes) == 2
+    await sink.stop()

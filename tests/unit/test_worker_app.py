@@ -39,3 +39,20 @@ async def test_rebalance_callbacks_are_the_workers_own(tmp_path):
     assert consumer._on_partitions_revoked.__name__ == "on_partitions_revoked"
     assert consumer._on_partitions_revoked is app._on_partitions_revoked
     assert consumer._on_partitions_assigned is app._on_partitions_assigned
+
+
+async def test_the_read_model_projector_runs_only_with_a_read_model(tmp_path):
+    """`msgstatus worker --no-read-model` starts no projector (and no consumer group)."""
+    from processors.store.readmodel import ReadModel
+
+    def tasks(app) -> set[str]:  # type: ignore[no-untyped-def]
+        return {task.__name__ for task in app._app_tasks}
+
+    settings = Settings(data_dir=str(tmp_path), topic_prefix="tunit.")
+    assert "read_model_projector" not in tasks(worker_app.build(settings))
+    model = ReadModel("redis://127.0.0.1:1/0")  # never connects here
+    with_model = worker_app.build(
+        Settings(data_dir=str(tmp_path / "b"), topic_prefix="tunit."), model
+    )
+    assert "read_model_projector" in tasks(with_model)
+    await model.close()

@@ -8,6 +8,10 @@ account). Per provider one loop takes the most overdue message, waits for a toke
 provider's rate limit (shared by all messages), and polls; answers that say something new
 go to `raw.<provider>` exactly like a webhook, marked as polled (DESIGN.md section 1).
 
+It also answers the worker's poll requests (`status.pollrequests`, asks.py): a message
+about to be declared `delivery_unknown` is polled once, ahead of the routine polls and
+within the same rate limit, and the request is committed once its answer is written.
+
 Settings (environment; URLs and tokens may also come from the MSGSTATUS_CONFIG file):
 MSGSTATUS_RYZE_API_URL / _API_TOKEN / MSGSTATUS_RYZE_RATE_LIMIT (100 per minute),
 MSGSTATUS_OCTOPODS_API_URL / _API_TOKEN / MSGSTATUS_OCTOPODS_RATE_LIMIT (60, assumed),
@@ -28,16 +32,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Any
 
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
 from prometheus_client import Counter, Gauge, start_http_server
 
 from processors import dependencies, kafka_client, providers
 from processors.config import ConfigError, Settings
 from processors.ingest import raw
-from processors.ingest.pollers import MODULES
+from processors.ingest.pollers import MODULES, asks
+from processors.ingest.pollers.asks import Ask, RequestOffsets
 from processors.ingest.pollers.tracker import (
     BAD_REQUEST,
     EXPIRED,
@@ -53,7 +61,7 @@ from processors.ingest.pollers.tracker import (
 from processors.ingest.producer import KafkaRawSink, KafkaUnavailable, RawSink
 from processors.ops.lag import CONSUMER_LAG
 from processors.providers.base import FramingError, WebhookRequest
-from processors.topics import STATUS, ensure_topics, raw_topic
+from processors.topics import POLL_REQUESTS, STATUS, ensure_topics, raw_topic
 
 log = logging.getLogger("msgstatus.poller")
 
@@ -95,6 +103,14 @@ LAST_POLL = Gauge(
     "Unix time the provider last answered a status poll (or the poller started)",
     ["provider"],
 )
+ASKED = Counter(
+    "msgstatus_poller_asked_total",
+    "Poll requests before delivery_unknown, by provider and outcome",
+    ["provider", "outcome"],
+)
+ASKS_WAITING = Gauge(
+    "msgstatus_poller_asks_waiting", "Poll requests not answered yet", ["provider"]
+)
 HEALTH_EVERY = 5.0
 
 # Poll outcomes (label values of msgstatus_poller_polls_total).
@@ -109,6 +125,8 @@ PUBLISH_FAILED = "publish_failed"
 MAX_ANSWER_BYTES = 1_048_576
 PUBLISH_RETRY_SECONDS = 5.0
 GROUP = "msgstatus-poller"
+RETRIED = frozenset({RATE_LIMITED, SERVER_ERROR, TRANSPORT_ERROR, PUBLISH_FAILED})
+KAFKA_RETRY_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +218,16 @@ class ProviderState:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     stopped: bool = False
     inflight: int = 0
+    asks: list[Ask] = field(default_factory=list)  # poll requests waiting, oldest first
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """How one poll went: the outcome, when to try again, the digest of what was written."""
+
+    outcome: str
+    retry_at: float = 0.0
+    published: bytes | None = None
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -247,11 +275,13 @@ class Poller:
         self._inflight: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        self.request_offsets = RequestOffsets()
         self._lag_labels: set[tuple[str, str, str]] = set()
         for name in self.states:
             STOPPED.labels(name).set(0)
             PENDING.labels(name).set(0)
             LAST_POLL.labels(name).set(now)
+            ASKS_WAITING.labels(name).set(0)
 
     # --- running ----------------------------------------------------------------------
 
@@ -266,6 +296,7 @@ class Poller:
             ]
             if consume:
                 tasks.append(asyncio.create_task(self._consume(), name="poller-consume"))
+                tasks.append(asyncio.create_task(self._requests(), name="poller-requests"))
             tasks += [
                 asyncio.create_task(self._provider_loop(state), name=f"poller-{name}")
                 for name, state in self.states.items()
@@ -277,17 +308,32 @@ class Poller:
                     task.cancel()
                 await asyncio.gather(*tasks, *self._inflight, return_exceptions=True)
 
-    async def _consume(self) -> None:
-        consumer = AIOKafkaConsumer(
+    def _new_consumer(self, group: str) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
             **kafka_client.client_kwargs(self.settings),
-            group_id=self.settings.topic(GROUP),
+            group_id=self.settings.topic(group),
             auto_offset_reset="earliest",
-            enable_auto_commit=False,  # state is rebuilt from the log, never committed
+            enable_auto_commit=False,
             session_timeout_ms=int(self.settings.session_timeout * 1000),
             heartbeat_interval_ms=int(max(0.5, self.settings.session_timeout / 10) * 1000),
         )
-        consumer.subscribe([self.settings.topic(STATUS)], listener=_Rebalance(self, consumer))
-        await consumer.start()
+
+    async def _started(self, group: str, topic: str, listener: Callable) -> AIOKafkaConsumer:
+        """A started consumer of `topic`; waits (retrying) while Kafka is unreachable."""
+        while True:
+            consumer = self._new_consumer(group)
+            consumer.subscribe([self.settings.topic(topic)], listener=listener(consumer))
+            try:
+                await consumer.start()
+                return consumer
+            except (KafkaError, OSError) as exc:
+                log.warning("Kafka not reachable (%s); retrying", type(exc).__name__)
+                await consumer.stop()
+                await asyncio.sleep(KAFKA_RETRY_SECONDS)
+
+    async def _consume(self) -> None:
+        # state is rebuilt from the log on every start: offsets are never committed
+        consumer = await self._started(GROUP, STATUS, lambda c: _Rebalance(self, c))
         self._consumer = consumer
         try:
             while True:
@@ -318,6 +364,111 @@ class Poller:
         elif seen.outcome == "expired":
             DROPPED.labels(provider, EXPIRED).inc()
 
+    # --- poll requests (asks.py) --------------------------------------------------------
+
+    async def _requests(self) -> None:
+        """Read `status.pollrequests`, commit each partition up to its oldest open request."""
+        consumer = await self._started(
+            asks.GROUP, POLL_REQUESTS, lambda c: _RequestsRebalance(self, c)
+        )
+        paused = False
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=1000, max_records=500)
+                now = self.clock()
+                for tp, records in batch.items():
+                    for record in records:
+                        self.ask(record.value, tp, record.offset, now)
+                    self.request_offsets.read(tp, records[-1].offset + 1)
+                await self.commit_requests(consumer)
+                waiting = sum(len(state.asks) for state in self.states.values())
+                if not paused and waiting >= asks.MAX_WAITING:
+                    consumer.pause(*consumer.assignment())
+                    paused = True
+                elif paused and waiting < asks.MAX_WAITING // 2:
+                    consumer.resume(*consumer.assignment())
+                    paused = False
+        finally:
+            await consumer.stop()
+
+    async def commit_requests(self, consumer: AIOKafkaConsumer) -> None:
+        due = {tp: o for tp, o in self.request_offsets.due().items() if tp in consumer.assignment()}
+        if not due:
+            return
+        try:
+            await consumer.commit(due)
+        except KafkaError as exc:  # Kafka away or a rebalance: the next round commits
+            log.info("committing poll requests failed (%r); retrying", exc)
+            return
+        self.request_offsets.committed(due)
+
+    def ask(self, value: bytes | None, tp: TopicPartition, offset: int, now: float) -> None:
+        """Take one `status.pollrequests` record: queue its poll, or settle it at once."""
+        self.request_offsets.opened(tp, offset)
+        specs = {name: state.target.module.SPEC for name, state in self.states.items()}
+        timeout = self.settings.delivery_unknown_ask_timeout
+        found = asks.read_request(value, specs, tp, offset, timeout, now)
+        if isinstance(found, str):
+            provider = _provider_of(value)
+            self._settle_ask(provider, tp, offset, found)
+            return
+        state = self.states[found.item.provider]
+        if state.stopped:
+            self._settle_ask(found.item.provider, tp, offset, UNAUTHORIZED)
+            return
+        tracked = self.tracker.pending.get(found.item.key)
+        if tracked is not None:
+            found.item.published = tracked.published  # an answer written before is not news
+        state.asks.append(found)
+        state.wake.set()
+
+    def _settle_ask(self, provider: str, tp: TopicPartition, offset: int, outcome: str) -> None:
+        ASKED.labels(provider, outcome).inc()
+        self.request_offsets.answered(tp, offset)
+
+    def _next_ask(self, state: ProviderState, now: float) -> tuple[Ask | None, float | None]:
+        """The oldest request that may be polled now, else when the next one may be;
+        requests past their timeout are settled as expired on the way."""
+        soonest: float | None = None
+        keep: list[Ask] = []
+        chosen: Ask | None = None
+        for entry in state.asks:
+            if now >= entry.expires:
+                self._settle_ask(state.target.name, entry.tp, entry.offset, asks.EXPIRED)
+            elif chosen is None and entry.not_before <= now:
+                chosen = entry
+            else:
+                keep.append(entry)
+                soonest = entry.not_before if soonest is None else min(soonest, entry.not_before)
+        state.asks = keep
+        if chosen is not None:
+            state.asks.insert(0, chosen)
+        return chosen, soonest
+
+    async def _poll_ask(self, state: ProviderState, entry: Ask) -> None:
+        result = await self._poll(state, entry.item)
+        outcome = result.outcome
+        if outcome in RETRIED:
+            if result.retry_at < entry.expires and not state.stopped:
+                entry.not_before = result.retry_at
+                state.asks.insert(0, entry)
+                return
+            outcome = asks.EXPIRED
+        if result.published is not None:
+            tracked = self.tracker.pending.get(entry.item.key)
+            if tracked is not None:
+                tracked.published = result.published
+        self._settle_ask(state.target.name, entry.tp, entry.offset, outcome)
+
+    def forget_requests(self, tps: list[TopicPartition]) -> None:
+        """Partitions of `status.pollrequests` taken away: their new owner asks again."""
+        gone = set(tps)
+        for state in self.states.values():
+            state.asks = [entry for entry in state.asks if entry.tp not in gone]
+        self.request_offsets.forget(gone)
+
+    # --- housekeeping -------------------------------------------------------------------
+
     async def _housekeeping(self) -> None:
         while True:
             now = self.clock()
@@ -325,6 +476,7 @@ class Poller:
                 DROPPED.labels(key.split(":", 1)[0], EXPIRED).inc()
             for name, state in self.states.items():
                 PENDING.labels(name).set(self.tracker.count(name))
+                ASKS_WAITING.labels(name).set(len(state.asks))
                 BACKOFF.labels(name).set(round(state.backoff.wait(now), 3))
             await self._export_lag()
             await asyncio.sleep(1.0)
@@ -368,28 +520,38 @@ class Poller:
             if state.backoff.probing and state.inflight:
                 await asyncio.sleep(0.05)  # after a failure: one probe at a time
                 continue
+            entry, ask_at = self._next_ask(state, now)  # poll requests go first
             due = self.tracker.next_due(name)
-            if due is None or due > now:
+            if entry is None and (due is None or due > now):
                 state.wake.clear()
-                wait = 1.0 if due is None else min(1.0, due - now)
+                soonest = min(t for t in (due, ask_at, now + 1.0) if t is not None)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(state.wake.wait(), wait)
+                    await asyncio.wait_for(state.wake.wait(), max(0.0, soonest - now))
                 continue
             await state.slots.acquire()
-            item: Pending | None = None
+            job: Any = None
             try:
                 if await self._token(state):
-                    item = self.tracker.take(name, self.clock())
-                    if item is None:
+                    job = self._take(state, self.clock())
+                    if job is None:
                         state.bucket.refund(self.clock())
             finally:
-                if item is None:
+                if job is None:
                     state.slots.release()
-            if item is not None:
+            if job is not None:
                 state.inflight += 1
-                task = asyncio.create_task(self._poll(state, item))
+                task = asyncio.create_task(job)
                 self._inflight.add(task)
                 task.add_done_callback(self._done(state))
+
+    def _take(self, state: ProviderState, now: float) -> Any:
+        """The next poll to run (a coroutine), a request first; None if nothing is due."""
+        entry, _ = self._next_ask(state, now)
+        if entry is not None:
+            state.asks.remove(entry)
+            return self._poll_ask(state, entry)
+        item = self.tracker.take(state.target.name, now)
+        return None if item is None else self._poll_tracked(state, item)
 
     def _done(self, state: ProviderState) -> Callable[[asyncio.Task[None]], None]:
         def done(task: asyncio.Task[None]) -> None:
@@ -421,7 +583,22 @@ class Poller:
 
     # --- one poll ---------------------------------------------------------------------
 
-    async def _poll(self, state: ProviderState, item: Pending) -> None:
+    async def _poll_tracked(self, state: ProviderState, item: Pending) -> None:
+        """A routine poll: its result schedules the message's next one (or ends it)."""
+        result = await self._poll(state, item)
+        now = self.clock()
+        outcome = result.outcome
+        if outcome in (PUBLISHED, UNCHANGED):
+            self.tracker.polled(item.key, now, published=result.published)
+        elif outcome == UNAUTHORIZED:
+            self.tracker.retry(item.key, math.inf)  # kept, never due again
+        elif outcome in (NOT_FOUND, BAD_REQUEST):
+            if self.tracker.drop(item.key, outcome):
+                DROPPED.labels(item.provider, outcome).inc()
+        else:
+            self.tracker.retry(item.key, result.retry_at)
+
+    async def _poll(self, state: ProviderState, item: Pending) -> Result:
         target = state.target
         url, headers = target.module.request(target.base_url, target.token, item)
         assert self._session is not None
@@ -432,46 +609,41 @@ class Poller:
                 content_type = answer.headers.get("Content-Type", "application/json")
                 retry_after = retry_after_seconds(answer.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            self._transient(state, item, TRANSPORT_ERROR, None, type(exc).__name__)
-            return
+            return self._transient(state, TRANSPORT_ERROR, None, type(exc).__name__)
         LAST_POLL.labels(target.name).set(self.clock())
         if code == 200:
             state.backoff.success()
-            await self._answered(state, item, url, body, content_type)
-        elif code in (401, 403):
+            return await self._answered(state, item, url, body, content_type)
+        if code in (401, 403):
             POLLS.labels(target.name, UNAUTHORIZED).inc()
-            self.tracker.retry(item.key, math.inf)  # kept, never due again
             self._stop(state, code, target.module.error_message(body))
-        elif code in (404, 410):
+            return Result(UNAUTHORIZED)
+        if code in (404, 410):
             POLLS.labels(target.name, NOT_FOUND).inc()
-            if self.tracker.drop(item.key, NOT_FOUND):
-                DROPPED.labels(target.name, NOT_FOUND).inc()
             log.info("%s: %s not found (%s): no longer polled", target.name, item.key, code)
-        elif code in (408, 425, 429) or code >= 500 or code < 400:
+            return Result(NOT_FOUND)
+        if code in (408, 425, 429) or code >= 500 or code < 400:
             outcome = RATE_LIMITED if code == 429 else SERVER_ERROR
-            self._transient(state, item, outcome, retry_after, f"HTTP {code}")
-        else:
-            POLLS.labels(target.name, BAD_REQUEST).inc()
-            if self.tracker.drop(item.key, BAD_REQUEST):
-                DROPPED.labels(target.name, BAD_REQUEST).inc()
-            log.warning(
-                "%s answered %s to the status poll of %s (%s): no longer polled",
-                target.name,
-                code,
-                item.key,
-                target.module.error_message(body) or "no error message",
-            )
+            return self._transient(state, outcome, retry_after, f"HTTP {code}")
+        POLLS.labels(target.name, BAD_REQUEST).inc()
+        log.warning(
+            "%s answered %s to the status poll of %s (%s): no longer polled",
+            target.name,
+            code,
+            item.key,
+            target.module.error_message(body) or "no error message",
+        )
+        return Result(BAD_REQUEST)
 
     async def _answered(
         self, state: ProviderState, item: Pending, url: str, body: bytes, content_type: str
-    ) -> None:
+    ) -> Result:
         name = state.target.name
         now = self.clock()
         fingerprint = digest(body)
         if item.published == fingerprint:
             POLLS.labels(name, UNCHANGED).inc()
-            self.tracker.polled(item.key, now)
-            return
+            return Result(UNCHANGED)
         request = WebhookRequest(
             provider=name,
             method="GET",
@@ -486,38 +658,30 @@ class Poller:
             try:
                 parsed = parser.parse(request)
             except FramingError:
-                self._transient(state, item, SERVER_ERROR, None, "answer is not JSON")
-                return
+                return self._transient(state, SERVER_ERROR, None, "answer is not JSON")
             statuses = [event.status for event in parsed.events]
             if not is_news(item.status, statuses, len(parsed.dead)):
                 POLLS.labels(name, UNCHANGED).inc()
-                self.tracker.polled(item.key, now)
-                return
+                return Result(UNCHANGED)
         record = raw.encode(raw_topic(self.settings, name), request, ())
         try:
             await self.sink.publish(record)
         except KafkaUnavailable as exc:
             POLLS.labels(name, PUBLISH_FAILED).inc()
             log.warning("%s: could not write a poll answer to Kafka (%s); retrying", name, exc)
-            self.tracker.retry(item.key, now + PUBLISH_RETRY_SECONDS)
-            return
+            return Result(PUBLISH_FAILED, retry_at=now + PUBLISH_RETRY_SECONDS)
         POLLS.labels(name, PUBLISHED).inc()
-        self.tracker.polled(item.key, now, published=fingerprint)
+        return Result(PUBLISHED, published=fingerprint)
 
     def _transient(
-        self,
-        state: ProviderState,
-        item: Pending,
-        outcome: str,
-        retry_after: float | None,
-        why: str,
-    ) -> None:
+        self, state: ProviderState, outcome: str, retry_after: float | None, why: str
+    ) -> Result:
+        """A failure that pauses the whole provider (429, 5xx, transport): backoff."""
         name = state.target.name
         POLLS.labels(name, outcome).inc()
-        now = self.clock()
-        delay = state.backoff.failure(now, retry_after)
-        self.tracker.retry(item.key, state.backoff.until)
+        delay = state.backoff.failure(self.clock(), retry_after)
         log.warning("%s: %s on a status poll; pausing %s polls for %.1fs", name, why, name, delay)
+        return Result(outcome, retry_at=state.backoff.until)
 
     def _stop(self, state: ProviderState, code: int, message: str | None) -> None:
         if state.stopped:
@@ -535,6 +699,18 @@ class Poller:
             target.module.TOKEN_SETTING,
             target.name,
         )
+        waiting, state.asks = state.asks, []
+        for entry in waiting:  # nobody can answer them: the deadlines fire after the timeout
+            self._settle_ask(target.name, entry.tp, entry.offset, UNAUTHORIZED)
+
+
+def _provider_of(value: bytes | None) -> str:
+    """The provider a request names, for metric labels (bounded: known names or "-")."""
+    try:
+        provider = orjson.loads(value or b"").get("provider")
+    except (orjson.JSONDecodeError, AttributeError):
+        return "-"
+    return provider if isinstance(provider, str) and provider in providers.REGISTRY else "-"
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -552,6 +728,21 @@ class _Rebalance(ConsumerRebalanceListener):
             await self.consumer.seek_to_beginning(*assigned)
 
 
+class _RequestsRebalance(ConsumerRebalanceListener):
+    """Before poll requests move: commit what is answered; the new owner asks the rest."""
+
+    def __init__(self, poller: Poller, consumer: AIOKafkaConsumer) -> None:
+        self.poller = poller
+        self.consumer = consumer
+
+    async def on_partitions_revoked(self, revoked) -> None:  # type: ignore[no-untyped-def]
+        await self.poller.commit_requests(self.consumer)
+        self.poller.forget_requests(list(revoked))
+
+    async def on_partitions_assigned(self, assigned) -> None:  # type: ignore[no-untyped-def]
+        return None
+
+
 # --- process entry point -------------------------------------------------------------------
 
 
@@ -559,9 +750,19 @@ async def _main(settings: Settings, config: PollerConfig, configured: list[Targe
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     assert main is not None
+    stopping: list[int] = []
+
+    def stop() -> None:
+        # once: the supervisor forwards a signal the process group may have sent too, and
+        # a second cancel would cut the clean-up short
+        if not stopping:
+            stopping.append(1)
+            main.cancel()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, main.cancel)
-    topics = [settings.topic(STATUS)] + [raw_topic(settings, t.name) for t in configured]
+        loop.add_signal_handler(sig, stop)
+    topics = [settings.topic(STATUS), settings.topic(POLL_REQUESTS)]
+    topics += [raw_topic(settings, t.name) for t in configured]
     sink = KafkaRawSink(settings)
     connect: asyncio.Task[None] | None = None
     try:
