@@ -87,7 +87,7 @@ def one_round(workdir: Path, pending: int, repeats: int = 5) -> dict[str, Any]:
         for r in range(repeats):
             batch = PartitionBatch(db, {})
             tick_started = time.perf_counter()
-            out = Emitter(batch, Policy(after=3600.0), history=False).on_marker(
+            out = Emitter(batch, Policy(after=3600.0)).on_marker(
                 NOW + r * 0.5, 10 + r, NOW
             )
             _flush(db, batch)

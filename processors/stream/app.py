@@ -381,7 +381,7 @@ def build(
     def decide(event: Any, msg: Any, batch: Any) -> Any:
         body = orjson.loads(event.value)
         ts = float(msg.timestamp)  # the record's own time: a redelivery emits the same bytes
-        logic = Emitter(batch, policy, history=False)  # the read model has its projector
+        logic = Emitter(batch, policy)
         if markers.is_marker(event.key):
             bound = float(body["wm"]["bound"])
             metrics.WATERMARK_LAG.labels(str(msg.partition)).set(max(0.0, time.time() - bound))

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from processors.model import ENGAGEMENT, reports_delivery, rfc3339
+from processors.model import reports_delivery
 from processors.stream import cloudevents, deadlines, markers, retention
 from processors.stream.deadlines import DEADLINE
 from processors.stream.fasttable import Scannable
@@ -31,8 +31,6 @@ DU = "du"
 @dataclass(slots=True)
 class Output:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (message_key, event)
-    notes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # read-model history
-    docs: dict[str, dict[str, Any]] = field(default_factory=dict)  # read-model documents
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # poll requests
     fired: int = 0
     asked: int = 0
@@ -82,33 +80,6 @@ def _event_time(event: dict[str, Any]) -> float:
     return float(occurred) if occurred is not None else float(event["observed_at"])
 
 
-def _history(event: dict[str, Any], outcome: str, sequence: int | None) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "status": event["status"],
-        "provider_status": event.get("provider_status"),
-        "occurred_at": rfc3339(event.get("occurred_at")),
-        "observed_at": rfc3339(event["observed_at"]),
-        "outcome": outcome,
-        "observed_ts": event["observed_at"],
-    }
-    if sequence is not None:
-        entry["sequence"] = sequence
-    return entry
-
-
-def _unknown_history(ce: dict[str, Any], observed: float) -> dict[str, Any]:
-    data = ce["data"]
-    return {
-        "status": "delivery_unknown",
-        "provider_status": None,
-        "occurred_at": data["occurred_at"],
-        "observed_at": data["observed_at"],
-        "outcome": APPLIED,
-        "observed_ts": observed,
-        "sequence": data["sequence"],
-    }
-
-
 def poll_request(key: str, state: dict[str, Any], asked_at: float) -> dict[str, Any]:
     """What the poller needs to ask the provider about one message, once."""
     meta = state["m"]
@@ -124,10 +95,9 @@ def poll_request(key: str, state: dict[str, Any], asked_at: float) -> dict[str, 
 
 
 class Emitter:
-    def __init__(self, table: Scannable, policy: Policy, history: bool = True) -> None:
+    def __init__(self, table: Scannable, policy: Policy) -> None:
         self.table = table
         self.policy = policy
-        self.history = history  # read-model history entries; off when there is no read model
 
     def on_transitions(self, items: list[dict[str, Any]], src: int, ts: float) -> Output:
         """`ts`: the transitions record's own timestamp, the `emitted_at` of its events."""
@@ -136,9 +106,7 @@ class Emitter:
             event = it["ev"]
             key = f"{event['provider']}:{event['provider_message_id']}"
             if it["o"] != APPLIED:
-                if self.history:
-                    out.notes.append((key, _history(event, it["o"], None)))
-                continue
+                continue  # told nowhere: the read model's projector reads it from the log
             state = _load(self.table, key) or {
                 "seq": 0,
                 "li": 0,
@@ -171,9 +139,6 @@ class Emitter:
             self.table[key] = orjson.dumps(state)
             out.events.append((key, ce))
             out.latencies.append(ts - float(event["observed_at"]))
-            if self.history:
-                out.notes.append((key, _history(event, APPLIED, sequence)))
-                out.docs[key] = self._doc(state, ce)
         return out
 
     def _schedule(
@@ -255,9 +220,6 @@ class Emitter:
         self.table[key] = orjson.dumps(state)
         out.events.append((key, ce))
         out.fired += 1
-        if self.history:
-            out.notes.append((key, _unknown_history(ce, now)))
-            out.docs[key] = self._doc(state, ce)
 
     def _remember(self, src: int, fired_key: str, keys: list[str]) -> None:
         raw = self.table.get(FIRED_INDEX_KEY)
@@ -325,21 +287,6 @@ class Emitter:
             emitted_at=ts,
         )
 
-    @staticmethod
-    def _doc(state: dict[str, Any], ce: dict[str, Any]) -> dict[str, Any]:
-        data = ce["data"]
-        status = state["told"] if data["status"] in ENGAGEMENT else data["status"]
-        return {
-            "message_key": data["message_key"],
-            "provider": data["provider"],
-            "provider_message_id": data["provider_message_id"],
-            "channel": data["channel"],
-            "account": data["account"],
-            "status": status,
-            "sequence": state["seq"],
-            "error": data["error"],
-            "updated_at": data["emitted_at"],
-        }
 
 
 def _compact(state: dict[str, Any]) -> dict[str, Any] | object | None:
