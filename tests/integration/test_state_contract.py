@@ -1,0 +1,132 @@
+"""The backend contract suite: both state backends, the real broker, the real Redis.
+
+The same shuffled, duplicated input (tests/support/state_contract.py) goes through a
+real `msgstatus worker` with MSGSTATUS_STATE_BACKEND=rocksdb and =redis. Each run must
+publish exactly what the model of the pure pipeline says (ids, sequences, statuses,
+every byte but the run's own times) and keep the same final states, with one worker and
+with two workers that rebalance while records flow and one of which is then killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from support.processes import Part, base_env, start_worker
+from support.state_contract import (
+    AFTER,
+    changelog_states,
+    differences,
+    forget_redis,
+    model,
+    produce,
+    published,
+    redis_states,
+    state_differences,
+    wait_processed,
+    workload,
+)
+from support.stream import check_message, collect
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+BACKENDS = ["rocksdb", "redis"]
+
+
+def worker_env(kafka, redis_server, prefix: str, tmp_path, backend: str) -> dict[str, str]:
+    return base_env(
+        kafka.bootstrap,
+        prefix,
+        tmp_path / "data",
+        MSGSTATUS_STATE_BACKEND=backend,
+        MSGSTATUS_REDIS_URL=redis_server.url,
+        MSGSTATUS_DELIVERY_UNKNOWN_AFTER=str(AFTER),
+        MSGSTATUS_DELIVERY_UNKNOWN_GRACE="1",
+        MSGSTATUS_WATERMARK_INTERVAL="1",
+        MSGSTATUS_SESSION_TIMEOUT="6",
+    )
+
+
+def watching(parts: list[Part]):
+    def alive() -> None:
+        for part in parts:
+            if part.proc is not None and part.proc.poll() not in (None, -9):
+                raise AssertionError(f"a worker exited: {part.proc.returncode}\n{part.log_tail()}")
+
+    return alive
+
+
+async def _finish(kafka, redis_server, prefix, backend, work, parts) -> None:
+    """Wait for every control's delivery_unknown and every input processed, then judge."""
+    status = f"{prefix}message.status"
+
+    def fired(by_key: dict) -> bool:
+        return all(
+            any(e["data"]["status"] == "delivery_unknown" for e in by_key.get(f"crm:{c}", []))
+            for c in work.controls
+        )
+
+    await collect(kafka.bootstrap, status, fired, timeout=120)
+    await wait_processed(kafka.bootstrap, prefix, 120, watching(parts))
+    got = await published(kafka.bootstrap, status)
+    for part in parts:
+        part.stop()
+    want = model(work)
+    problems = differences(want, got)
+    for key, events in got.items():
+        problems += check_message(key, events, allow_repeats=True)
+    assert not problems, f"{len(problems)} problems: {problems[:8]}\n{parts[-1].log_tail()}"
+    assert set(want.events) == {f"crm:{m}" for m in work.messages + work.controls}
+    if backend == "redis":
+        states = await redis_states(redis_server.url, prefix)
+    else:
+        states = await changelog_states(kafka.bootstrap, prefix)
+    problems = state_differences(want, states)
+    sizes = {t: {p: len(v) for p, v in parts.items()} for t, parts in states.items()}
+    assert not problems, f"{len(problems)} state differences: {problems[:8]}; keys read {sizes}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_one_worker_publishes_and_keeps_what_the_model_says(
+    kafka, redis_server, topic_prefix, tmp_path, backend
+):
+    work = workload(uuid.uuid4().hex[:6])
+    await produce(kafka.bootstrap, topic_prefix, work.records)
+    env = worker_env(kafka, redis_server, topic_prefix, tmp_path, backend)
+    parts = [start_worker(env, tmp_path, "--no-read-model")]
+    try:
+        await _finish(kafka, redis_server, topic_prefix, backend, work, parts)
+    finally:
+        for part in parts:
+            part.stop()
+        await forget_redis(redis_server.url, topic_prefix)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_two_workers_a_rebalance_and_a_kill_publish_what_the_model_says(
+    kafka, redis_server, topic_prefix, tmp_path, backend
+):
+    """Worker A starts alone; B joins while records flow (a rebalance: both write the same
+    tables in turn); then A is SIGKILLed mid-stream and B takes its partitions over. With
+    Redis, B reads what A applied (and A's fencing token is replaced by B's claim)."""
+    work = workload(uuid.uuid4().hex[:6], messages=200)
+    half = len(work.records) // 2
+    env = worker_env(kafka, redis_server, topic_prefix, tmp_path, backend)
+    await produce(kafka.bootstrap, topic_prefix, work.records[:half])
+    first = start_worker(env, tmp_path, "--no-read-model")
+    parts = [first]
+    try:
+        await collect(
+            kafka.bootstrap, f"{topic_prefix}message.status", lambda by: len(by) >= 20, 60
+        )
+        parts.append(start_worker(env, tmp_path, "--no-read-model", data_dir=tmp_path / "b"))
+        await asyncio.sleep(4)  # B joins: the group rebalances
+        await produce(kafka.bootstrap, topic_prefix, work.records[half:])
+        await asyncio.sleep(1.5)
+        first.kill()  # mid-stream: its uncommitted records are B's to redo
+        await _finish(kafka, redis_server, topic_prefix, backend, work, parts)
+    finally:
+        for part in parts:
+            part.stop()
+        await forget_redis(redis_server.url, topic_prefix)
