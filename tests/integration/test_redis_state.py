@@ -227,7 +227,9 @@ async def test_conversations_expand_the_same_over_redis(worker):
         assert got == expand_record(ref, regs, marks, src, DAY)
         if src % 25 == 24:
             mark = {"raw": {"raw.a:0": NOW + src * 2000}, "topics": {"raw.a": 1}, "nconv": 1}
-            got = await worker.run("conversations", lambda b, m=mark: conversation_marker(b, m, DAY))
+            got = await worker.run(
+                "conversations", lambda b, m=mark: conversation_marker(b, m, DAY)
+            )
             assert got == conversation_marker(ref, mark, DAY)
     assert await stored(worker, "conversations") == split(ref)
 
@@ -285,7 +287,9 @@ async def test_a_record_larger_than_the_cache_still_completes(redis_url):
     ref = ScanDict()
     try:
         for src in range(3):
-            events = [ev(["sent", "delivered", "read"][src], f"c{i}", NOW + src) for i in range(300)]
+            events = [
+                ev(["sent", "delivered", "read"][src], f"c{i}", NOW + src) for i in range(300)
+            ]
             got = await w.run("ordering", lambda b, e=events, s=src: order_record(b, e, s))
             assert got == order_record(ref, events, src)
         assert len(w.table("ordering").cache) < 300
@@ -362,9 +366,7 @@ async def test_a_newer_generation_fences_the_old_owner(redis_url):
         again = Worker(*redis_url, generation=1)
         again.backend.stale_after = 1.0
         await asyncio.sleep(2.1)
-        items = await again.run(
-            "ordering", lambda b: order_record(b, [ev("read", "z", NOW)], 4)
-        )
+        items = await again.run("ordering", lambda b: order_record(b, [ev("read", "z", NOW)], 4))
         assert [i["o"] for i in items] == ["applied"]
         await again.backend.close()
     finally:
@@ -405,7 +407,17 @@ async def test_apply_arguments_name_every_read_scan_and_write():
     args = apply_args("7", batch)
     assert args[:4] == ["7", 1, "a", 0]
     assert args[4:9] == [1, DEADLINE, f"{DEADLINE}{5:012d}", 12, 0]
-    assert args[9:] == [1, "b", b"2", 1, "c", 1, f"{DEADLINE}{1:012d}:b", 1, f"{DEADLINE}{2:012d}:c"]
+    assert args[9:] == [
+        1,
+        "b",
+        b"2",
+        1,
+        "c",
+        1,
+        f"{DEADLINE}{1:012d}:b",
+        1,
+        f"{DEADLINE}{2:012d}:c",
+    ]
 
 
 async def test_redis_going_away_pauses_the_record_and_it_completes_when_redis_is_back(tmp_path):

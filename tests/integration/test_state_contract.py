@@ -13,9 +13,8 @@ import asyncio
 import uuid
 
 import pytest
-from support.processes import Part, base_env, start_worker
+from support.processes import start_worker
 from support.state_contract import (
-    AFTER,
     changelog_states,
     differences,
     forget_redis,
@@ -25,6 +24,8 @@ from support.state_contract import (
     redis_states,
     state_differences,
     wait_processed,
+    watching,
+    worker_env,
     workload,
 )
 from support.stream import check_message, collect
@@ -32,29 +33,6 @@ from support.stream import check_message, collect
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BACKENDS = ["rocksdb", "redis"]
-
-
-def worker_env(kafka, redis_server, prefix: str, tmp_path, backend: str) -> dict[str, str]:
-    return base_env(
-        kafka.bootstrap,
-        prefix,
-        tmp_path / "data",
-        MSGSTATUS_STATE_BACKEND=backend,
-        MSGSTATUS_REDIS_URL=redis_server.url,
-        MSGSTATUS_DELIVERY_UNKNOWN_AFTER=str(AFTER),
-        MSGSTATUS_DELIVERY_UNKNOWN_GRACE="1",
-        MSGSTATUS_WATERMARK_INTERVAL="1",
-        MSGSTATUS_SESSION_TIMEOUT="6",
-    )
-
-
-def watching(parts: list[Part]):
-    def alive() -> None:
-        for part in parts:
-            if part.proc is not None and part.proc.poll() not in (None, -9):
-                raise AssertionError(f"a worker exited: {part.proc.returncode}\n{part.log_tail()}")
-
-    return alive
 
 
 async def _finish(kafka, redis_server, prefix, backend, work, parts) -> None:

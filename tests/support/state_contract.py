@@ -36,6 +36,7 @@ from processors.stream.fasttable import ScanDict
 from processors.stream.normalize import normalize
 from processors.stream.ordering import Rules, order_record
 from processors.topics import all_topics, ensure_topics
+from support.processes import Part, base_env
 
 PARTITIONS = 4
 AFTER = 3600.0  # no deadline of a normal message comes due during a test
@@ -130,7 +131,7 @@ def model(work: Workload) -> Model:
     tables = {name: [ScanDict() for _ in range(PARTITIONS)] for name in TABLES}
     events: dict[str, list[dict[str, Any]]] = defaultdict(list)
     src = 0
-    for key, value, headers in work.records:
+    for _key, value, headers in work.records:
         result = normalize(value, headers, PARTITIONS, "raw.events:0:0")
         assert not result.dead, result.dead
         for partition, batch in sorted(result.by_partition.items()):
@@ -339,7 +340,9 @@ def differences(model: Model, got: dict[str, list[dict[str, Any]]]) -> list[str]
         for event in got.get(key, []):
             seen = by_seq.setdefault(event["data"]["sequence"], event)
             if seen != event:
-                problems.append(f"{key}: sequence {event['data']['sequence']} told twice, differently")
+                problems.append(
+                    f"{key}: sequence {event['data']['sequence']} told twice, differently"
+                )
         mine = [comparable(by_seq[s]) for s in sorted(by_seq)]
         if mine != want:
             problems.append(f"{key}: published {short(mine)}, the model says {short(want)}")
@@ -357,5 +360,30 @@ def state_differences(want: Model, got: dict[str, dict[int, dict[str, Any]]]) ->
             a, b = want.states[table][partition], got[table][partition]
             for key in sorted(set(a) | set(b)):
                 if a.get(key) != b.get(key):
-                    problems.append(f"{table}[{partition}] {key}: {b.get(key)} != model {a.get(key)}")
+                    problems.append(
+                        f"{table}[{partition}] {key}: {b.get(key)} != model {a.get(key)}"
+                    )
     return problems
+
+
+def worker_env(kafka, redis_server, prefix: str, tmp_path, backend: str) -> dict[str, str]:
+    return base_env(
+        kafka.bootstrap,
+        prefix,
+        tmp_path / "data",
+        MSGSTATUS_STATE_BACKEND=backend,
+        MSGSTATUS_REDIS_URL=redis_server.url,
+        MSGSTATUS_DELIVERY_UNKNOWN_AFTER=str(AFTER),
+        MSGSTATUS_DELIVERY_UNKNOWN_GRACE="1",
+        MSGSTATUS_WATERMARK_INTERVAL="1",
+        MSGSTATUS_SESSION_TIMEOUT="6",
+    )
+
+
+def watching(parts: list[Part]) -> Any:
+    def alive() -> None:
+        for part in parts:
+            if part.proc is not None and part.proc.poll() not in (None, -9):
+                raise AssertionError(f"a worker exited: {part.proc.returncode}\n{part.log_tail()}")
+
+    return alive

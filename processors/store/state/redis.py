@@ -118,7 +118,10 @@ class Health:
         if self.down_since is None:
             self.down_since = time.monotonic()
             log.warning(
-                "Redis state unavailable (%s: %r): pausing, retrying with backoff", what, exc
+                "Redis state unavailable (%s: %s: %s): pausing, retrying with backoff",
+                what,
+                type(exc).__name__,
+                exc,
             )
 
     def answered(self) -> None:
