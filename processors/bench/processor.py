@@ -1,18 +1,21 @@
 """Processor throughput: msgstatus's worker against baselines over the same records.
 
-All read the same raw topics on the same broker in the same run: a bare aiokafka
+All read the same raw records on the same broker in the same run: a bare aiokafka
 consume -> produce passthrough (the ceiling), the two naive Faust agents of
 `processors.bench.naive` (what a first Faust app gets: forwarding each record, and doing
-msgstatus's job), and `msgstatus worker`. A rate is raw records divided by the time
-between the first and last output record (broker CreateTime) after everything was
-consumed, so start-up is not counted. A naive agent stopped at its time cap has read only
-part of the records: `forward` then counts its outputs (one per record), `job` (one
-output per applied status) takes the slope of its committed offsets.
+msgstatus's job), and `msgstatus worker` with the RocksDB state backend, then (given a
+Redis) with the Redis one over the same records on topics of their own. A rate is raw
+records divided by the time between the first and last output record (broker
+CreateTime) after everything was consumed, so start-up is not counted. A naive agent
+stopped at its time cap has read only part of the records: `forward` then counts its
+outputs (one per record), `job` (one output per applied status) takes the slope of its
+committed offsets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -25,10 +28,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from redis import asyncio as aioredis
 
 from processors.bench import workload as wl
 from processors.bench.workload import local_broker
-from processors.config import SINGLE_BROKER_ENV, single_broker
+from processors.config import SINGLE_BROKER_ENV, Settings, single_broker
 from processors.providers import REGISTRY
 from processors.topics import all_topics, ensure_topics
 
@@ -248,6 +252,7 @@ async def run(
     messages: int = 100_000,
     records: int = 1_000_000,
     quick: bool = False,
+    redis_url: str | None = None,
 ) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     if quick:
@@ -304,29 +309,69 @@ async def run(
     result["naive_job"] = rate
     result["naive_job_records"] = done
 
-    log("msgstatus worker")
+    log("msgstatus worker (RocksDB state)")
+    rate, events = await worker_run(bootstrap, workdir, settings, total, timeout, "rocksdb")
+    result["msgstatus"] = rate
+    result["status_events"] = events
+    result["ratio_vs_naive"] = result["msgstatus"] / result["naive_faust"]
+    result["ratio_vs_naive_job"] = result["msgstatus"] / max(result["naive_job"], 1e-6)
+    result["ratio_vs_passthrough"] = result["msgstatus"] / result["passthrough"]
+    result["prefix"] = prefix
+    result["topics_dropped"] = await drop_topics(bootstrap, prefix)
+    if redis_url:
+        # The same records, byte for byte, on topics of their own: the Redis worker
+        # starts from an empty state like the RocksDB one did.
+        other = f"r{uuid.uuid4().hex[:6]}."
+        redis_settings = single_broker(kafka_bootstrap=bootstrap, topic_prefix=other, partitions=4)
+        await ensure_topics(redis_settings, all_topics(redis_settings, REGISTRY))
+        await wl.produce(
+            bootstrap,
+            [dataclasses.replace(r, topic=other + r.topic[len(prefix) :]) for r in work.records],
+        )
+        log("msgstatus worker (Redis state)")
+        rate, events = await worker_run(
+            bootstrap, workdir, redis_settings, total, timeout, "redis", redis_url
+        )
+        result["msgstatus_redis"] = rate
+        result["status_events_redis"] = events
+        result["redis_vs_rocksdb"] = rate / max(result["msgstatus"], 1e-6)
+        result["redis_keys_dropped"] = await drop_redis_keys(redis_url, other)
+        result["topics_dropped"] += await drop_topics(bootstrap, other)
+    return result
+
+
+async def worker_run(
+    bootstrap: str,
+    workdir: Path,
+    settings: Settings,
+    total: int,
+    timeout: float,
+    backend: str,
+    redis_url: str | None = None,
+) -> tuple[float, int]:
+    """`msgstatus worker` over the raw topics of `settings`: (raw records/s, events)."""
+    prefix = settings.topic_prefix
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSGSTATUS_")}
     worker_env = {
         **env,
         "MSGSTATUS_KAFKA_BOOTSTRAP": bootstrap,
         "MSGSTATUS_TOPIC_PREFIX": prefix,
-        "MSGSTATUS_DATA_DIR": str(workdir / "worker"),
+        "MSGSTATUS_DATA_DIR": str(workdir / f"worker-{backend}"),
         "MSGSTATUS_METRICS_PORT": "0",
         "MSGSTATUS_LOG_LEVEL": "WARNING",
+        "MSGSTATUS_STATE_BACKEND": backend,
         **SINGLE_BROKER_ENV,
     }
+    if redis_url:
+        worker_env["MSGSTATUS_REDIS_URL"] = redis_url
+    logfile = workdir / f"worker-{backend}.log"
+    raw_topics = [settings.topic(f"raw.{n}") for n in REGISTRY]
     worker = _spawn(
-        [sys.executable, "-m", "processors.cli", "worker", "--no-read-model"],
-        worker_env,
-        workdir / "worker.log",
+        [sys.executable, "-m", "processors.cli", "worker", "--no-read-model"], worker_env, logfile
     )
     try:
         await _wait_consumed(
-            bootstrap,
-            f"{prefix}msgstatus-normalize",
-            raw_topics,
-            timeout,
-            worker,
-            workdir / "worker.log",
+            bootstrap, f"{prefix}msgstatus-normalize", raw_topics, timeout, worker, logfile
         )
         await _wait_consumed(
             bootstrap,
@@ -334,19 +379,24 @@ async def run(
             [settings.topic("status.canonical"), settings.topic("status.transitions")],
             timeout,
             worker,
-            workdir / "worker.log",
+            logfile,
         )
     finally:
         _stop(worker)
     count, first, last = await _output_span(bootstrap, settings.topic("message.status"))
-    result["msgstatus"] = total / max(last - first, 1e-6)
-    result["status_events"] = count
-    result["ratio_vs_naive"] = result["msgstatus"] / result["naive_faust"]
-    result["ratio_vs_naive_job"] = result["msgstatus"] / max(result["naive_job"], 1e-6)
-    result["ratio_vs_passthrough"] = result["msgstatus"] / result["passthrough"]
-    result["prefix"] = prefix
-    result["topics_dropped"] = await drop_topics(bootstrap, prefix)
-    return result
+    return total / max(last - first, 1e-6), count
+
+
+async def drop_redis_keys(url: str, prefix: str) -> int:
+    """Remove a run's state from the bench's Redis (its memory is the next run's)."""
+    client = aioredis.from_url(url)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await client.unlink(*keys)
+        return len(keys)
+    finally:
+        await client.aclose()
 
 
 if __name__ == "__main__":
@@ -355,6 +405,8 @@ if __name__ == "__main__":
     bootstrap = sys.argv[1]
     n_records = int(sys.argv[2]) if len(sys.argv) > 2 else 100_000
     n_messages = int(sys.argv[3]) if len(sys.argv) > 3 else n_records // 10
+    redis = sys.argv[4] if len(sys.argv) > 4 else None  # e.g. redis://127.0.0.1:6379/0
     work = Path(f"/tmp/bench-{uuid.uuid4().hex[:6]}")
     work.mkdir()
-    print(json.dumps(asyncio.run(run(bootstrap, work, n_messages, n_records)), indent=2))
+    result = asyncio.run(run(bootstrap, work, n_messages, n_records, redis_url=redis))
+    print(json.dumps(result, indent=2))

@@ -70,23 +70,10 @@ def start_kafka(data_dir: Path, heap: str = "384m") -> local_infra.KafkaBroker:
     return broker
 
 
-class DurableRedisServer(RedisServer):
-    """redis-server as the Redis state backend needs it in production: every write in the
-    append-only file, fsynced before Redis answers (docs/operations.md). ``kill()`` then
-    ``start()`` on the same data dir brings the data back."""
-
-    def _command(self) -> list[str]:
-        command = super()._command()
-        at = command.index("--appendonly")
-        command[at + 1] = "yes"
-        return [*command, "--appendfsync", "always"]
-
-
 def start_redis(data_dir: Path, *, durable: bool = False) -> local_infra.RedisServer:
     """Start redis-server on a free port, tied to this process like :func:`start_kafka`
     (``durable``: with an fsynced append-only file, so it survives a kill and restart)."""
-    kind = DurableRedisServer if durable else RedisServer
-    server = kind(local_infra.free_port(), data_dir, die_with_parent=True)
+    server = RedisServer(local_infra.free_port(), data_dir, die_with_parent=True, durable=durable)
     atexit.register(server.stop)
     server.start()
     try:
