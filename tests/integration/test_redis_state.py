@@ -24,8 +24,7 @@ from processors import dependencies
 from processors.config import Settings
 from processors.model import CanonicalEvent
 from processors.store.state import Undecidable, Wiring
-from processors.store.state.redis import RedisBackend, RedisTable, apply_args
-from processors.store.state.redis_batch import Cache, Learnt, RedisBatch
+from processors.store.state.redis import RedisBackend, RedisTable
 from processors.stream import markers
 from processors.stream.deadlines import DEADLINE, EXPIRY, MARKER_EXPIRY
 from processors.stream.emission import Emitter, Policy
@@ -234,33 +233,6 @@ async def test_conversations_expand_the_same_over_redis(worker):
     assert await stored(worker, "conversations") == split(ref)
 
 
-def test_a_scan_merges_this_runs_own_index_writes():
-    """What the mapping answers from a learnt range plus its own pending writes is what a
-    dict would answer (a scan after removals asks for more than `limit`)."""
-    learnt = Learnt()
-    stored_members = [f"~d:{i:012d}:k{i}" for i in range(10)]
-    batch = RedisBatch(Cache(1 << 20), 0, learnt)
-    assert batch.scan("~d:", "~d:000000000100", 3) == []  # unknown: guessed empty
-    assert batch.guessing and batch.scans[0].limit == 3
-    from processors.store.state.redis_batch import Scan
-
-    learnt.scans[("~d:", "~d:000000000100")] = Scan("~d:", "~d:000000000100", 5, stored_members[:5])
-    batch = RedisBatch(Cache(1 << 20), 0, learnt)
-    batch.pop(stored_members[0], None)
-    batch[f"~d:{3:012d}:a"] = b""
-    # two own writes in range: 3 + 2 needed, 5 learnt: served without asking
-    got = [k for k, _ in batch.scan("~d:", "~d:000000000100", 3)]
-    assert got == [stored_members[1], stored_members[2], f"~d:{3:012d}:a"]
-    assert not batch.guessing
-    batch.pop(stored_members[1], None)
-    batch.scan("~d:", "~d:000000000100", 3)  # now 3 + 3 > 5: must ask again
-    assert batch.guessing
-    with pytest.raises(TypeError):
-        batch.get(stored_members[2])
-    with pytest.raises(ValueError):
-        batch[f"~x:{1:012d}:k"] = b"not empty"
-
-
 async def test_guesses_cost_one_call_for_new_keys_and_the_answer_for_known_ones(worker):
     table = worker.table("ordering")
     calls = {"n": 0}
@@ -394,30 +366,6 @@ async def test_a_decision_that_raises_on_real_state_writes_nothing(worker):
     assert runs == [None, b"1"]
     values, _ = await stored(worker, "ordering")
     assert "other" not in values
-
-
-async def test_apply_arguments_name_every_read_scan_and_write():
-    batch = RedisBatch(Cache(1 << 20), 0, Learnt())
-    batch.get("a")
-    batch["b"] = b"2"
-    del batch["c"]
-    batch[f"{DEADLINE}{1:012d}:b"] = b""
-    batch.pop(f"{DEADLINE}{2:012d}:c", None)
-    batch.scan(DEADLINE, f"{DEADLINE}{5:012d}", 10)
-    args = apply_args("7", batch)
-    assert args[:4] == ["7", 1, "a", 0]
-    assert args[4:9] == [1, DEADLINE, f"{DEADLINE}{5:012d}", 12, 0]
-    assert args[9:] == [
-        1,
-        "b",
-        b"2",
-        1,
-        "c",
-        1,
-        f"{DEADLINE}{1:012d}:b",
-        1,
-        f"{DEADLINE}{2:012d}:c",
-    ]
 
 
 async def test_redis_going_away_pauses_the_record_and_it_completes_when_redis_is_back(tmp_path):

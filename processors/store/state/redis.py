@@ -163,18 +163,27 @@ class RedisBackend(StateBackend):
         return up
 
     async def check_persistence(self) -> None:
-        """Warn once if Redis keeps the state only in memory (docs/operations.md)."""
+        """Warn once if Redis keeps the state only in memory or may evict it
+        (docs/operations.md, "Redis as the state store")."""
         if self._checked_persistence:
             return
         self._checked_persistence = True
         try:
-            info = await self.redis.info("persistence")
+            persistence = await self.redis.info("persistence")
+            memory = await self.redis.info("memory")
         except ERRORS:  # INFO may be renamed or forbidden by the ACL: not our call
             return
-        if not info.get("aof_enabled"):
+        if not persistence.get("aof_enabled"):
             log.warning(
                 "Redis holds the worker state without an append-only file (appendonly no): "
                 "a Redis restart loses it; see docs/operations.md, 'Redis as the state store'"
+            )
+        policy = memory.get("maxmemory_policy")
+        if policy is not None and policy != "noeviction":
+            log.warning(
+                "Redis may evict the worker state (maxmemory-policy %s, not noeviction); "
+                "see docs/operations.md, 'Redis as the state store'",
+                policy,
             )
 
     async def close(self) -> None:
