@@ -406,3 +406,35 @@ async def test_a_revoke_ends_the_wait_for_an_unreachable_redis():
     with pytest.raises(Fenced):
         await asyncio.wait_for(task, 10)
     await w.backend.close()
+
+
+async def test_the_acl_of_docs_configuration_is_enough(tmp_path):
+    """docs/configuration.md names what an ACL user needs; with exactly that, the backend
+    claims, applies and answers the health probe (and without `+time` it could not)."""
+    server = start_redis(tmp_path / "redis")
+    prefix = unique_prefix()
+    admin = aioredis.from_url(server.url)
+    rules = [f"~{prefix}msgstatus:*", "+@read", "+@write", "+@scripting", "+ping", "+info"]
+    try:
+        await admin.acl_setuser("ms", enabled=True, passwords=["+secret"], reset=True)
+        await admin.execute_command("ACL", "SETUSER", "ms", *rules, "+time")
+        w = Worker(server.url, prefix, redis_username="ms", redis_password="secret")
+        items = await w.run("ordering", lambda b: order_record(b, [ev("sent", "a", NOW)], 1))
+        assert [i["o"] for i in items] == ["applied"]
+        assert await w.backend.ping() and await w.table("ordering").size({0}) == 1
+        await w.backend.close()
+        await admin.execute_command("ACL", "SETUSER", "ms", "-time")
+        w = Worker(server.url, prefix, redis_username="ms", redis_password="secret")
+        w.table("ordering").assigned({0}, 2)
+        task = asyncio.ensure_future(
+            w.run("ordering", lambda b: order_record(b, [ev("read", "a", NOW)], 2))
+        )
+        await asyncio.sleep(1.0)
+        assert not task.done()  # refused by the ACL: it waits, it does not skip
+        w.ownership.revoke({TP})
+        with pytest.raises(Fenced):
+            await asyncio.wait_for(task, 10)
+        await w.backend.close()
+    finally:
+        await admin.aclose()
+        server.stop()
