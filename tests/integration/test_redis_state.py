@@ -438,3 +438,17 @@ async def test_the_acl_of_docs_configuration_is_enough(tmp_path):
     finally:
         await admin.aclose()
         server.stop()
+
+
+async def test_state_gone_from_redis_is_said_loudly(worker, caplog):
+    """A Redis that lost the partition (flushed, restarted without its append-only file)
+    is not mistaken for a rebalance: the worker logs an error and goes on from what Redis
+    has, claiming the partition again."""
+    await worker.run("ordering", lambda b: order_record(b, [ev("sent", "g", NOW)], 1))
+    await worker.backend.redis.delete(*worker.table("ordering").keys(0))
+    with caplog.at_level("ERROR"):
+        items = await worker.run(
+            "ordering", lambda b: order_record(b, [ev("delivered", "g", NOW)], 2)
+        )
+    assert [i["o"] for i in items] == ["applied"] and items[0]["i"] == 1  # a fresh state
+    assert "no longer has this partition's state" in caplog.text

@@ -285,13 +285,22 @@ class RedisTable(StateTable):
                 return result
             if kind == -1:  # the fencing token changed: claim again (or learn we lost it)
                 metrics.STATE_RETRIES.labels(self.name, "fenced").inc()
-                log.warning(
-                    "%s partition %d: fencing token %s replaced by %r; claiming again",
-                    self.name,
-                    partition,
-                    fence,
-                    reply[1],
-                )
+                if reply[1]:
+                    log.warning(
+                        "%s partition %d: fencing token %s replaced by %s; claiming again",
+                        self.name,
+                        partition,
+                        fence,
+                        reply[1].decode(errors="replace"),
+                    )
+                else:  # the whole partition is gone from Redis, not just our claim
+                    log.error(
+                        "%s partition %d: Redis no longer has this partition's state (flushed, "
+                        "or restarted without its append-only file?); going on from what it "
+                        "has: see docs/operations.md, 'Redis as the state store'",
+                        self.name,
+                        partition,
+                    )
                 self._fences.pop(partition, None)
                 self.cache.drop(partition)
                 learnt.clear()
