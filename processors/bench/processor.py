@@ -82,7 +82,12 @@ async def _output_span(bootstrap: str, topic: str) -> tuple[int, float, float]:
     """Count and first/last CreateTime (s) of a topic's records."""
     ends = await _ends(bootstrap, [topic])
     total = sum(ends.values())
-    consumer = AIOKafkaConsumer(**local_broker(bootstrap), enable_auto_commit=False)
+    # "earliest" from the start: with the default "latest", the reset aiokafka starts at
+    # assign() can race seek_to_beginning() and leave the position at the end (seen in
+    # tests/support/state_contract.py, which reads topics the same way)
+    consumer = AIOKafkaConsumer(
+        **local_broker(bootstrap), enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     first, last = float("inf"), 0.0
     try:
