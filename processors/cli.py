@@ -74,8 +74,8 @@ async def _run_until_signal_main(factory) -> None:  # type: ignore[no-untyped-de
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     import faust
-    from prometheus_client import start_http_server
 
+    from processors import probes
     from processors.store.readmodel import ReadModel
     from processors.stream import patches
     from processors.stream.app import build, quiet_logging
@@ -91,7 +91,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     loop.run_until_complete(ensure_topics(settings, all_topics(settings, providers.REGISTRY)))
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.http_host)
+        probes.serve(settings.metrics_port, settings.http_host, probes.required(settings))
     read_model = None if args.no_read_model else ReadModel.from_settings(settings)
     app = build(settings, read_model)
     worker = faust.Worker(

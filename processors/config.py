@@ -313,6 +313,16 @@ class Settings:
     redis_ssl_ca_file: str | None = None
     redis_ssl_cert_file: str | None = None
     redis_ssl_key_file: str | None = None
+    # Redis keys are prefixed with this (default: MSGSTATUS_TOPIC_PREFIX), see redis_prefix.
+    redis_key_prefix: str | None = None
+    # Connections per process to Redis (state backend); callers wait for a free one.
+    redis_pool_size: int = 16
+    # Seconds a Redis connect, call or wait for a pooled connection may take before it
+    # counts as Redis being down (the state backend then pauses and retries).
+    redis_timeout: float = 5.0
+    # Bytes of recently used message states each table of the Redis state backend keeps
+    # in the worker's memory (a known state needs no read from Redis).
+    redis_cache_bytes: int = 64 * 1024 * 1024
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     # provider name -> its `[[providers.<name>.accounts]]` from the MSGSTATUS_CONFIG file
     accounts: Mapping[str, tuple[Account, ...]] = field(default_factory=dict)
@@ -324,6 +334,11 @@ class Settings:
     @property
     def raw_prefix(self) -> str:
         return self.topic_prefix if self.raw_topic_prefix is None else self.raw_topic_prefix
+
+    @property
+    def redis_prefix(self) -> str:
+        """What every Redis key of this deployment starts with (before `msgstatus:`)."""
+        return self.topic_prefix if self.redis_key_prefix is None else self.redis_key_prefix
 
     def secret(self, name: str) -> str | None:
         """Provider secret `MSGSTATUS_<NAME>`, else the first account's value from the file.
@@ -359,8 +374,6 @@ class Settings:
         backend = env.get("MSGSTATUS_STATE_BACKEND", "rocksdb")
         if backend not in ("rocksdb", "redis"):
             raise ConfigError(f"MSGSTATUS_STATE_BACKEND must be rocksdb or redis, got {backend!r}")
-        if backend == "redis":  # say so rather than silently run on RocksDB
-            raise ConfigError("MSGSTATUS_STATE_BACKEND=redis is not implemented yet; use rocksdb")
         config_path = env.get("MSGSTATUS_CONFIG") or None
         secrets = _secrets(env)
         settings = cls(
@@ -440,6 +453,11 @@ class Settings:
             redis_ssl_ca_file=_readable_file(env, "MSGSTATUS_REDIS_SSL_CA_FILE"),
             redis_ssl_cert_file=_readable_file(env, "MSGSTATUS_REDIS_SSL_CERT_FILE"),
             redis_ssl_key_file=_readable_file(env, "MSGSTATUS_REDIS_SSL_KEY_FILE"),
+            redis_key_prefix=env.get("MSGSTATUS_REDIS_KEY_PREFIX"),
+            redis_pool_size=_int(env, "MSGSTATUS_REDIS_POOL_SIZE", d.redis_pool_size),
+            redis_timeout=_float(env, "MSGSTATUS_REDIS_TIMEOUT", d.redis_timeout),
+            redis_cache_bytes=_int(env, "MSGSTATUS_REDIS_CACHE_MB", d.redis_cache_bytes >> 20)
+            << 20,
             secrets=secrets,
             accounts=load_accounts(config_path) if config_path else {},
             config_path=config_path,
@@ -462,6 +480,17 @@ class Settings:
             settings = dataclasses.replace(settings, watermark_interval=interval)
         if settings.consumer_lag_interval <= 0:
             raise ConfigError("MSGSTATUS_CONSUMER_LAG_INTERVAL must be positive")
+        if not 1 <= settings.redis_pool_size <= 1024:
+            raise ConfigError("MSGSTATUS_REDIS_POOL_SIZE must be between 1 and 1024")
+        if not 0 < settings.redis_timeout <= 300:
+            raise ConfigError("MSGSTATUS_REDIS_TIMEOUT must be more than 0 and at most 300 seconds")
+        if "{" in settings.redis_prefix or "}" in settings.redis_prefix:
+            raise ConfigError(
+                "MSGSTATUS_REDIS_KEY_PREFIX (or MSGSTATUS_TOPIC_PREFIX) must not contain { or }: "
+                "they would change the keys' Redis Cluster hash tags"
+            )
+        if settings.redis_cache_bytes < 0:
+            raise ConfigError("MSGSTATUS_REDIS_CACHE_MB must not be negative")
         settings.check_transport()
         if not 0 <= settings.replay_window <= 604_800:
             raise ConfigError("MSGSTATUS_REPLAY_WINDOW must be between 0 and 604800 seconds")

@@ -21,6 +21,22 @@ REDIS = "redis"
 
 Probe = Callable[[], Awaitable[bool]]
 
+# the last answer per dependency (periodic probes, and components that notice at once)
+LAST: dict[str, bool] = {}
+
+
+def mark(name: str, up: bool) -> None:
+    """Record what a component just saw (the Redis state backend on every failure)."""
+    LAST[name] = up
+    DEPENDENCY_UP.labels(name).set(1 if up else 0)
+
+
+def ready(required: tuple[str, ...]) -> tuple[bool, dict[str, bool]]:
+    """Every required dependency answered its last check (unknown counts as up: no
+    check has run yet)."""
+    states = {name: LAST.get(name, True) for name in required}
+    return all(states.values()), states
+
 
 async def check(probes: dict[str, Probe], timeout: float = 3.0) -> dict[str, bool]:
     """Run the probes side by side and set the gauge; a probe that raises or takes longer
@@ -35,5 +51,5 @@ async def check(probes: dict[str, Probe], timeout: float = 3.0) -> dict[str, boo
     names = list(probes)
     results = await asyncio.gather(*(one(probes[name]) for name in names))
     for name, up in zip(names, results, strict=True):
-        DEPENDENCY_UP.labels(name).set(1 if up else 0)
+        mark(name, up)
     return dict(zip(names, results, strict=True))

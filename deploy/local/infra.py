@@ -445,11 +445,14 @@ def scram_user_command(
     ]  # fmt: skip
 
 
-def redis_command(redis_server: str, port: int, data_dir: Path) -> list[str]:
-    """redis-server flags: loopback only, foreground, no persistence (a scratch cache)."""
+def redis_command(redis_server: str, port: int, data_dir: Path, durable: bool = False) -> list[str]:
+    """redis-server flags: loopback only, foreground, no persistence (a scratch cache);
+    ``durable``: every write in an append-only file fsynced before Redis answers, as the
+    Redis state backend needs (docs/operations.md)."""
+    aof = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
     return [
         redis_server, "--port", str(port), "--bind", HOST, "--dir", str(data_dir),
-        "--save", "", "--appendonly", "no", "--daemonize", "no",
+        "--save", "", *aof, "--daemonize", "no",
     ]  # fmt: skip
 
 
@@ -902,13 +905,21 @@ class KafkaBroker(_ManagedProcess):
 
 
 class RedisServer(_ManagedProcess):
-    """Debian's ``redis-server`` on 127.0.0.1 without persistence."""
+    """Debian's ``redis-server`` on 127.0.0.1, without persistence unless ``durable``."""
 
     name = "redis"
 
-    def __init__(self, port: int, data_dir: Path | str, *, die_with_parent: bool = False) -> None:
+    def __init__(
+        self,
+        port: int,
+        data_dir: Path | str,
+        *,
+        die_with_parent: bool = False,
+        durable: bool = False,
+    ) -> None:
         super().__init__(data_dir, die_with_parent)
         self.port = port
+        self.durable = durable  # an fsynced append-only file: survives kill and restart
         self._binary: str | None = None
 
     @property
@@ -932,7 +943,8 @@ class RedisServer(_ManagedProcess):
         self._binary = ensure_redis_server()
 
     def _command(self) -> list[str]:
-        return redis_command(self._binary or ensure_redis_server(), self.port, self.data_dir)
+        binary = self._binary or ensure_redis_server()
+        return redis_command(binary, self.port, self.data_dir, self.durable)
 
 
 def prometheus_command(

@@ -1,8 +1,9 @@
 """`make bench` / `msgstatus bench`: every figure measured side by side in one run.
 
-Starts its own Kafka broker (jars from deploy/local) on free loopback ports, runs the
-processor, gateway, end-to-end, recovery and deadline-tick benchmarks, prints the
-figures and writes docs/benchmarks.md. `--quick` shrinks everything to a smoke run.
+Starts its own Kafka broker (jars from deploy/local) and redis-server on free loopback
+ports, runs the processor (with both state backends), gateway, end-to-end, recovery and
+deadline-tick benchmarks, prints the figures and writes docs/benchmarks.md. `--quick`
+shrinks everything to a smoke run.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def report(results: dict[str, Any], quick: bool) -> str:
         "",
         "Every ratio compares figures measured in this same run, on this machine, against the same broker.",
         "",
-        "## Processor (normalize + ordering with RocksDB state + emit), one worker process",
+        "## Processor (normalize + ordering with its state + emit), one worker process",
         "",
         f"{f(p.get('records'))} raw records ({f(p.get('statuses'))} provider statuses) for {f(p.get('messages'))} messages, "
         "each status repeated (duplicates) and shuffled; Meta posts carry batches.",
@@ -86,6 +87,13 @@ def report(results: dict[str, Any], quick: bool) -> str:
         f"| naive Faust agent: RocksDB table + awaited send per record ({naive_span(p, 'naive_faust_records')}) | {f(p.get('naive_faust'))} | 1.00 | | |",
         f"| naive Faust agent doing the job: parse, state in a RocksDB table, awaited send per applied status ({naive_span(p, 'naive_job_records')}) | {f(p.get('naive_job'))} | | 1.00 | |",
         f"| **msgstatus worker** | **{f(p.get('msgstatus'))}** | **{f(p.get('ratio_vs_naive'), 2)}x** | **{f(p.get('ratio_vs_naive_job'), 2)}x** | **{f(p.get('ratio_vs_passthrough'), 2)}** |",
+        f"| **msgstatus worker, MSGSTATUS_STATE_BACKEND=redis** | **{f(p.get('msgstatus_redis'))}** | {f(ratio(p, 'msgstatus_redis', 'naive_faust'), 2)}x | {f(ratio(p, 'msgstatus_redis', 'naive_job'), 2)}x | {f(ratio(p, 'msgstatus_redis', 'passthrough'), 2)} |",
+        "",
+        f"State backends side by side: Redis {f(p.get('msgstatus_redis'))} vs RocksDB {f(p.get('msgstatus'))} raw records/s "
+        f"(Redis / RocksDB = {f(p.get('redis_vs_rocksdb'), 2)}), the same records on topics of their own, one after the other; "
+        "the Redis run's redis-server (same machine) writes an append-only file fsynced before each answer "
+        f"(`appendfsync always`). It emitted {f(p.get('status_events_redis'))} events (raw partitions are read in a different "
+        "interleaving by each run, so the outcomes of out-of-order statuses, and the count, differ slightly).",
         "",
         f"It emitted {f(p.get('status_events'))} `message.status` events. Rates are records divided by the span between "
         "each pipeline's first and last output record, after it consumed everything. The naive agents are "
@@ -174,6 +182,13 @@ def report(results: dict[str, Any], quick: bool) -> str:
     return "\n".join(lines)
 
 
+def ratio(p: dict[str, Any], top: str, bottom: str) -> float | None:
+    a, b = p.get(top), p.get(bottom)
+    if not isinstance(a, int | float) or not isinstance(b, int | float) or not b:
+        return None
+    return a / b
+
+
 def naive_span(p: dict[str, Any], key: str) -> str:
     done, total = p.get(key), p.get("records")
     if done is not None and total is not None and done < total:
@@ -225,7 +240,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     kport, cport = infra.free_ports(2)
     broker = infra.KafkaBroker(kport, cport, workdir / "kafka", heap="512m", die_with_parent=True)
     broker.start()
+    # the Redis state backend's run: a Redis configured as production needs it (an
+    # append-only file fsynced before every answer, docs/operations.md)
+    redis = infra.RedisServer(
+        infra.free_port(), workdir / "redis", die_with_parent=True, durable=True
+    )
+    redis.start()
     broker.wait_ready(120)
+    redis.wait_ready(30)
     try:
         bootstrap = broker.bootstrap
         sections = args.only or ["processor", "gateway", "e2e", "recovery", "ticks"]
@@ -233,7 +255,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             started = time.monotonic()
             print(f"[bench] === {name} ===", file=sys.stderr, flush=True)
             if name == "processor":
-                results[name] = await processor.run(bootstrap, workdir / name, quick=args.quick)
+                results[name] = await processor.run(
+                    bootstrap, workdir / name, quick=args.quick, redis_url=redis.url
+                )
             elif name == "gateway":
                 results[name] = await gateway.run(bootstrap, workdir / name, quick=args.quick)
             elif name == "e2e":
@@ -249,6 +273,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 flush=True,
             )
     finally:
+        redis.stop()
         broker.stop()
     return results
 

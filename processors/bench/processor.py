@@ -1,16 +1,17 @@
 """Processor throughput: msgstatus's worker against baselines over the same records.
 
-All read the same raw topics on the same broker in the same run: a bare aiokafka
+All read the same raw records on the same broker in the same run: a bare aiokafka
 consume -> produce passthrough (the ceiling), the two naive Faust agents of
 `processors.bench.naive` (what a first Faust app gets: forwarding each record, and doing
-msgstatus's job), and `msgstatus worker` (one process; two processes in one group; and
-the worker of the release before crash-consistent state, BASELINE_COMMIT, run from that
-commit's sources against a copy of the same records, for the cost of the new write
-path). A rate is raw records divided by the time
-between the first and last output record (broker CreateTime) after everything was
-consumed, so start-up is not counted. A naive agent stopped at its time cap has read only
-part of the records: `forward` then counts its outputs (one per record), `job` (one
-output per applied status) takes the slope of its committed offsets.
+msgstatus's job), and `msgstatus worker`: one process with the RocksDB state backend,
+then (given a Redis) with the Redis one, two processes in one group, and the worker of
+the release before crash-consistent state (BASELINE_COMMIT, run from that commit's
+sources), each over a copy of the same records on topics of its own, for the cost of
+the new write path. A rate is raw records divided by the time between the first and
+last output record (broker CreateTime) after everything was consumed, so start-up is not
+counted. A naive agent stopped at its time cap has read only part of the records:
+`forward` then counts its outputs (one per record), `job` (one output per applied
+status) takes the slope of its committed offsets.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from redis import asyncio as aioredis
 
 from processors.bench import workload as wl
 from processors.bench.workload import local_broker
@@ -84,7 +86,12 @@ async def _output_span(bootstrap: str, topic: str) -> tuple[int, float, float]:
     """Count and first/last CreateTime (s) of a topic's records."""
     ends = await _ends(bootstrap, [topic])
     total = sum(ends.values())
-    consumer = AIOKafkaConsumer(**local_broker(bootstrap), enable_auto_commit=False)
+    # "earliest" from the start: with the default "latest", the reset aiokafka starts at
+    # assign() can race seek_to_beginning() and leave the position at the end (seen in
+    # tests/support/state_contract.py, which reads topics the same way)
+    consumer = AIOKafkaConsumer(
+        **local_broker(bootstrap), enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     first, last = float("inf"), 0.0
     try:
@@ -243,6 +250,8 @@ async def worker_rate(
     timeout: float,
     processes: int = 1,
     sources: Path | None = None,
+    backend: str = "rocksdb",
+    redis_url: str | None = None,
 ) -> tuple[float, int]:
     """Raw records/s of `processes` workers over everything under `prefix` (output span)."""
     settings = single_broker(kafka_bootstrap=bootstrap, topic_prefix=prefix, partitions=4)
@@ -259,6 +268,10 @@ async def worker_rate(
             "MSGSTATUS_LOG_LEVEL": "WARNING",
             **SINGLE_BROKER_ENV,
         }
+        if sources is None:  # the baseline release knew only RocksDB
+            worker_env["MSGSTATUS_STATE_BACKEND"] = backend
+        if redis_url:
+            worker_env["MSGSTATUS_REDIS_URL"] = redis_url
         args = [sys.executable, "-m", "processors.cli", "worker", "--no-read-model"]
         if sources is not None:  # run that commit's package, not this checkout's
             worker_env["PYTHONPATH"] = str(sources)
@@ -345,6 +358,7 @@ async def run(
     messages: int = 100_000,
     records: int = 1_000_000,
     quick: bool = False,
+    redis_url: str | None = None,
 ) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     if quick:
@@ -401,10 +415,26 @@ async def run(
     result["naive_job"] = rate
     result["naive_job_records"] = done
 
-    log("msgstatus worker")
+    log("msgstatus worker (RocksDB state)")
     rate, count = await worker_rate(bootstrap, prefix, workdir / "worker", env, timeout)
     result["msgstatus"] = rate
     result["status_events"] = count
+
+    if redis_url:
+        log("msgstatus worker (Redis state)")
+        prefix_r = f"{prefix}redis."
+        await copy_workload(bootstrap, work.records, prefix, prefix_r)
+        result["msgstatus_redis"], result["status_events_redis"] = await worker_rate(
+            bootstrap,
+            prefix_r,
+            workdir / "redis",
+            env,
+            timeout,
+            backend="redis",
+            redis_url=redis_url,
+        )
+        result["redis_vs_rocksdb"] = result["msgstatus_redis"] / max(result["msgstatus"], 1e-6)
+        result["redis_keys_dropped"] = await drop_redis_keys(redis_url, prefix_r)
 
     log("msgstatus worker, two processes in one group")
     prefix2 = f"{prefix}two."
@@ -432,12 +462,26 @@ async def run(
     return result
 
 
+async def drop_redis_keys(url: str, prefix: str) -> int:
+    """Remove a run's state from the bench's Redis (its memory is the next run's)."""
+    client = aioredis.from_url(url)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await client.unlink(*keys)
+        return len(keys)
+    finally:
+        await client.aclose()
+
+
 if __name__ == "__main__":
     import json
 
     bootstrap = sys.argv[1]
     n_records = int(sys.argv[2]) if len(sys.argv) > 2 else 100_000
     n_messages = int(sys.argv[3]) if len(sys.argv) > 3 else n_records // 10
+    redis = sys.argv[4] if len(sys.argv) > 4 else None  # e.g. redis://127.0.0.1:6379/0
     work = Path(f"/tmp/bench-{uuid.uuid4().hex[:6]}")
     work.mkdir()
-    print(json.dumps(asyncio.run(run(bootstrap, work, n_messages, n_records)), indent=2))
+    result = asyncio.run(run(bootstrap, work, n_messages, n_records, redis_url=redis))
+    print(json.dumps(result, indent=2))

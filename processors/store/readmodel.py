@@ -157,7 +157,7 @@ class ReadModel:
     @classmethod
     def from_settings(cls, settings: Settings) -> ReadModel:
         """The read model as configured: MSGSTATUS_REDIS_URL plus its auth and TLS."""
-        return cls(settings.redis_url, settings.topic_prefix, **connection_kwargs(settings))
+        return cls(settings.redis_url, settings.redis_prefix, **connection_kwargs(settings))
 
     async def ping(self) -> bool:
         """True when Redis answers (for the dependency metric); never raises."""

@@ -5,8 +5,9 @@ decisions live there. What this module adds is the discipline that makes a crash
 rebalance or a zombie harmless (docs/architecture.md, "Crash consistency"):
 
 - every record is admitted by `Progress` (in order, once) under an ownership token;
-- its table writes are one write-behind unit (fasttable.py), its outputs go through the
-  partition writers or the producer with the token checked;
+- its table writes are one atomic unit of the state backend (processors/store/state:
+  a write-behind changelog unit with RocksDB, one compare-and-apply script with Redis),
+  its outputs go through the partition writers or the producer with the token checked;
 - input offsets are committed by `Progress` after the outputs are acknowledged, every
   second and at every revoke; a revoke lets the record in hand finish, flushes, commits
   and only then lets Faust close the tables;
@@ -20,7 +21,6 @@ import base64
 import logging
 import os
 import time
-from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,9 @@ from processors.model import FAILURES
 from processors.ops import lag
 from processors.store.projector import Projector
 from processors.store.readmodel import ReadModel
+from processors.store.state import Undecidable, Wiring, open_backend
 from processors.stream import deadlines, faults, fence, markers, metrics, patches
 from processors.stream.emission import Emitter, Policy
-from processors.stream.fasttable import FastTable
 from processors.stream.fence import Fenced, Lease, Ownership, Token
 from processors.stream.normalize import pack_events
 from processors.stream.normalizer import Normalizer
@@ -78,35 +78,6 @@ def quiet_logging(level: str) -> None:
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
 
 
-class RawTable(MutableMapping[str, bytes]):
-    """A Faust table of raw bytes keys and values, addressed with str keys.
-
-    `key_type=bytes` is what makes Faust use the raw codec end to end (store, changelog
-    and recovery); this adapter keeps the `.encode()` out of the pure logic.
-    """
-
-    def __init__(self, table: Any) -> None:
-        self.table = table
-
-    def __getitem__(self, key: str) -> bytes:
-        return self.table[key.encode()]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.table.get(key.encode(), default)
-
-    def __setitem__(self, key: str, value: bytes) -> None:
-        self.table[key.encode()] = value
-
-    def __delitem__(self, key: str) -> None:
-        del self.table[key.encode()]
-
-    def __iter__(self) -> Iterator[str]:  # walks every key: for tools, never hot paths
-        return (k.decode() for k in self.table)
-
-    def __len__(self) -> int:
-        return len(self.table)
-
-
 def on_sent(fut: asyncio.Future) -> None:
     """A flush waits for sends to finish, not to succeed: a send that failed for good
     must stop the worker before its input offset can be committed."""
@@ -145,10 +116,6 @@ def stage_dead_letter(stage: str, msg: Any, value: bytes, exc: BaseException) ->
     )
 
 
-def _raw_table(app: faust.App, name: str, partitions: int) -> RawTable:
-    return RawTable(app.Table(name, key_type=bytes, value_type=bytes, partitions=partitions))
-
-
 def policy_for(settings: Settings) -> Policy:
     return Policy(
         after=settings.delivery_unknown_after,
@@ -169,10 +136,11 @@ def build(
     # Faust names RocksDB files by table only: keep each app's state apart.
     datadir = Path(settings.data_dir) / "faust" / app_id
     datadir.mkdir(parents=True, exist_ok=True)
+    backend = open_backend(settings)  # MSGSTATUS_STATE_BACKEND: rocksdb or redis
     app = faust.App(
         app_id,
         **kafka_client.faust_kwargs(settings),
-        store="rocksdb://",
+        store=backend.faust_store,
         datadir=str(datadir),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
@@ -217,9 +185,6 @@ def build(
         internal(TRANSITIONS),
         internal(CONVERSATIONS),
     )
-    ordering_table = _raw_table(app, "ordering", partitions)
-    emitter_table = _raw_table(app, "emitter", partitions)
-    conversation_table = _raw_table(app, "conversations", partitions)
     policy = policy_for(settings)
     rules = Rules(
         retention=settings.state_retention, marker_retention=settings.state_marker_retention
@@ -231,13 +196,14 @@ def build(
         await app.producer.flush()
 
     progress = Progress(app, ownership, lease, flush)
-    fast_ordering = FastTable(ordering_table.table, writers, ownership, "ordering")
-    fast_emitter = FastTable(emitter_table.table, writers, ownership, "emitter")
-    fast_conversations = FastTable(conversation_table.table, writers, ownership, "conversations")
+    wiring = Wiring(app, partitions, writers, ownership, lease)
+    ordering_state = backend.table("ordering", wiring)
+    emitter_state = backend.table("emitter", wiring)
+    conversation_state = backend.table("conversations", wiring)
     tables_by_input = {
-        settings.topic(CANONICAL): fast_ordering,
-        settings.topic(TRANSITIONS): fast_emitter,
-        settings.topic(CONVERSATIONS): fast_conversations,
+        settings.topic(CANONICAL): ordering_state,
+        settings.topic(TRANSITIONS): emitter_state,
+        settings.topic(CONVERSATIONS): conversation_state,
     }
     names = {
         "canonical": settings.topic(CANONICAL),
@@ -284,39 +250,45 @@ def build(
             token = await progress.admit("conversations", msg.tp, msg.offset)
             if token is None:
                 continue
-            batch = fast_conversations.begin(msg.partition)
-            outputs: list[tuple[bytes, bytes, int]] = []
-            try:
+
+            def expand(batch: Any, event: Any = event, msg: Any = msg) -> list[Any]:
+                outputs: list[tuple[bytes, bytes, int]] = []
                 body = orjson.loads(event.value)
                 if markers.is_marker(event.key):
                     bound = conversation_marker(batch, body["wm"], settings.state_retention)
                     if bound is not None:
                         value = orjson.dumps(markers.conversation_marker(msg.partition, bound))
                         outputs = [(markers.KEY, value, p) for p in range(partitions)]
-                else:
-                    produced = expand_record(
-                        batch,
-                        body.get("registrations", []),
-                        body.get("watermarks", []),
-                        msg.offset,
-                        settings.state_retention,
-                    )
-                    by_partition: dict[int, list[dict[str, Any]]] = {}
-                    for ev in produced:
-                        key = f"{ev['provider']}:{ev['provider_message_id']}"
-                        by_partition.setdefault(partition_for(key, partitions), []).append(ev)
-                    for partition, events in by_partition.items():
-                        first = f"{events[0]['provider']}:{events[0]['provider_message_id']}"
-                        for value in pack_events(events):  # bounded in bytes, like normalize's
-                            outputs.append((first.encode(), value, partition))
-                fast_conversations.check(batch)
-            except Exception as exc:  # a record no rule can take: a dead letter, not a stop
-                await dead_letter("conversations", msg, event.value, exc, token)
+                    return outputs
+                produced = expand_record(
+                    batch,
+                    body.get("registrations", []),
+                    body.get("watermarks", []),
+                    msg.offset,
+                    settings.state_retention,
+                )
+                by_partition: dict[int, list[dict[str, Any]]] = {}
+                for ev in produced:
+                    key = f"{ev['provider']}:{ev['provider_message_id']}"
+                    by_partition.setdefault(partition_for(key, partitions), []).append(ev)
+                for partition, events in by_partition.items():
+                    first = f"{events[0]['provider']}:{events[0]['provider_message_id']}"
+                    for value in pack_events(events):  # bounded in bytes, like normalize's
+                        outputs.append((first.encode(), value, partition))
+                return outputs
+
+            try:
+                outputs = await conversation_state.transact(
+                    token, msg.partition, expand, markers.is_marker(event.key)
+                )
+            except Undecidable as exc:  # a record no rule can take: a dead letter, not a stop
+                await dead_letter("conversations", msg, event.value, exc.__cause__ or exc, token)
                 progress.done("conversations", token, msg.offset)
                 continue
-            await fast_conversations.write(
-                token, msg.partition, batch, markers.is_marker(event.key)
-            )
+            except Fenced:  # revoked while in hand: its next owner processes it
+                progress.done("conversations", token, msg.offset)
+                continue
+            faults.point("state-applied", "conversations")
             for key, value, partition in outputs:
                 await send(names["canonical"], key, value, partition, token)
             progress.done("conversations", token, msg.offset)
@@ -330,24 +302,28 @@ def build(
             token = await progress.admit("ordering", msg.tp, msg.offset)
             if token is None:
                 continue
-            batch = fast_ordering.begin(msg.partition)
-            try:
+
+            def order(batch: Any, event: Any = event, msg: Any = msg) -> tuple[Any, ...]:
                 body = orjson.loads(event.value)
                 if markers.is_marker(event.key):
-                    items = None
                     bound = on_marker(batch, body["wm"], rules)
                     value = None if bound is None else orjson.dumps(markers.bound_marker(bound))
-                    key = markers.KEY
-                else:
-                    items = order_record(batch, body["events"], msg.offset, rules)
-                    value = orjson.dumps({"items": items})
-                    key = event.key or b""
-                fast_ordering.check(batch)
-            except Exception as exc:  # a record no rule can take: a dead letter, not a stop
-                await dead_letter("ordering", msg, event.value, exc, token)
+                    return None, markers.KEY, value
+                items = order_record(batch, body["events"], msg.offset, rules)
+                return items, event.key or b"", orjson.dumps({"items": items})
+
+            try:
+                items, key, value = await ordering_state.transact(
+                    token, msg.partition, order, markers.is_marker(event.key)
+                )
+            except Undecidable as exc:  # a record no rule can take: a dead letter, not a stop
+                await dead_letter("ordering", msg, event.value, exc.__cause__ or exc, token)
                 progress.done("ordering", token, msg.offset)
                 continue
-            await fast_ordering.write(token, msg.partition, batch, items is None)
+            except Fenced:  # revoked while in hand: its next owner processes it
+                progress.done("ordering", token, msg.offset)
+                continue
+            faults.point("state-applied", "ordering")
             if value is not None:
                 await send(names["transitions"], key, value, msg.partition, token)
             if items:
@@ -365,16 +341,22 @@ def build(
             token = await progress.admit("emitter", msg.tp, msg.offset)
             if token is None:
                 continue
-            batch = fast_emitter.begin(msg.partition)
+
+            def emit(batch: Any, event: Any = event, msg: Any = msg) -> tuple[Any, int]:
+                return decide(event, msg, batch), deadlines.pending(batch)
+
             try:
-                out = decide(event, msg, batch)
-                fast_emitter.check(batch)
-            except Exception as exc:  # a record no rule can take: a dead letter, not a stop
-                await dead_letter("emitter", msg, event.value, exc, token)
+                out, pending = await emitter_state.transact(
+                    token, msg.partition, emit, markers.is_marker(event.key)
+                )
+            except Undecidable as exc:  # a record no rule can take: a dead letter, not a stop
+                await dead_letter("emitter", msg, event.value, exc.__cause__ or exc, token)
                 progress.done("emitter", token, msg.offset)
                 continue
-            pending = deadlines.pending(batch)
-            await fast_emitter.write(token, msg.partition, batch, markers.is_marker(event.key))
+            except Fenced:  # revoked while in hand: its next owner processes it
+                progress.done("emitter", token, msg.offset)
+                continue
+            faults.point("state-applied", "emitter")
             await publish(out, msg, token, pending)
             progress.done("emitter", token, msg.offset)
 
@@ -457,8 +439,8 @@ def build(
             ownership.revoke(ours)
             writers.discard()
             progress.forget(ours)
-            for topic, fast in tables_by_input.items():
-                fast.forget({tp.partition for tp in ours if tp.topic == topic})
+            for topic, state in tables_by_input.items():
+                state.forget({tp.partition for tp in ours if tp.topic == topic})
         if then is not None:
             await then(revoked)
 
@@ -483,6 +465,8 @@ def build(
             writers.discard()
             progress.forget(gone)
         new = ours - ownership.owned
+        for topic, state in tables_by_input.items():  # the generation fences Redis writes
+            state.assigned({tp.partition for tp in new if tp.topic == topic}, generation_id)
         ownership.assign(new)
         progress.assigning(new)
         await original_assigned(assigned, generation_id)
@@ -554,7 +538,9 @@ def build(
             return producer is not None and bool(await producer.client.force_metadata_update())
 
         probes: dict[str, dependencies.Probe] = {dependencies.KAFKA: kafka_up}
-        if read_model is not None:
+        if settings.state_backend == "redis":
+            probes[dependencies.REDIS] = backend.ping  # type: ignore[assignment]
+        elif read_model is not None:
             probes[dependencies.REDIS] = read_model.ping
         await dependencies.check(probes)
 
@@ -568,20 +554,11 @@ def build(
 
     @app.timer(interval=10.0)
     async def state_sizes() -> None:
-        for name, fast in (
-            ("ordering", fast_ordering),
-            ("emitter", fast_emitter),
-            ("conversations", fast_conversations),
-        ):
-            total = 0
-            for tp in ownership.owned:
-                if tables_by_input.get(tp.topic) is fast:
-                    try:
-                        db = fast.table.data._db_for_partition(tp.partition)
-                        total += int(db.property_int_value("rocksdb.estimate-num-keys") or 0)
-                    except Exception:  # a partition mid-revoke: next time
-                        continue
-            metrics.STATE_KEYS.labels(name).set(total)
+        for topic, state in tables_by_input.items():
+            owned = {tp.partition for tp in ownership.owned if tp.topic == topic}
+            total = await state.size(owned)
+            if total is not None:
+                metrics.STATE_KEYS.labels(state.name).set(total)
 
     if read_model is not None:
         # Redis is fed from message.status and status.transitions by a consumer of its
@@ -602,5 +579,6 @@ def build(
         "lease": lease,
         "writers": writers,
         "normalizer": normalizer,
+        "state": backend,
     }
     return app

@@ -11,6 +11,8 @@ Points (docs/architecture.md, "Crash consistency"):
   (nothing of it is in the local RocksDB: write-behind).
 - `changelog-acked`: the changelog acknowledged a batch, the local RocksDB not written yet.
 - `output-handed`: a `message.status` batch was handed to Kafka, not acknowledged yet.
+- `state-applied`: a record's state unit was applied (Redis: the script answered) or
+  queued (RocksDB), none of its outputs handed over yet (with `/<table>` as qualifier).
 - `revoke-waiting`: a rebalance took partitions away while a record was still in hand.
 - `before-commit`: every output of the processed records is acknowledged, their input
   offsets are not committed yet.
@@ -34,6 +36,7 @@ POINTS = frozenset(
         "changelog-handed",
         "changelog-acked",
         "output-handed",
+        "state-applied",
         "revoke-waiting",
         "before-commit",
         "normalize-before-commit",

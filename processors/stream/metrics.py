@@ -74,3 +74,15 @@ WATERMARK_LAG = Gauge(
     "Wall clock minus the receive-time watermark the emitter last acted on",
     ["partition"],
 )
+STATE_RETRIES = Counter(
+    "msgstatus_state_retries_total",
+    "Redis state backend: decisions run again (learn: a guess was wrong; conflict: another "
+    "writer changed a key; fenced: the partition's token moved; unavailable: Redis error)",
+    ["table", "reason"],
+)
+STATE_APPLY_SECONDS = Histogram(
+    "msgstatus_state_apply_seconds",
+    "Redis state backend: one record's compare-and-apply script, call to answer",
+    ["table"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)

@@ -49,11 +49,14 @@ async def test_e2e_bench_quick(kafka, tmp_path):
     assert isinstance(figures["notes"], str) and figures["notes"]
 
 
-async def test_processor_bench_quick(kafka, tmp_path):
-    """Both naive baselines and the worker run over the same records and get rates."""
-    figures = await processor.run(kafka.bootstrap, tmp_path, quick=True)
-    for name in ("passthrough", "naive_faust", "naive_job", "msgstatus"):
+async def test_processor_bench_quick(kafka, redis_server, tmp_path):
+    """Both naive baselines and the worker (with each state backend) run over the same
+    records and get rates."""
+    figures = await processor.run(kafka.bootstrap, tmp_path, quick=True, redis_url=redis_server.url)
+    for name in ("passthrough", "naive_faust", "naive_job", "msgstatus", "msgstatus_redis"):
         assert _positive(figures[name]), (name, figures)
+    assert figures["status_events_redis"] > 0 and _positive(figures["redis_vs_rocksdb"])
+    assert figures["redis_keys_dropped"] > 0, figures  # the run's state was in that Redis
     assert figures["naive_faust_records"] > 0 and figures["naive_job_records"] > 0, figures
     assert figures["status_events"] > 0, figures
     assert _positive(figures["ratio_vs_naive"]) and _positive(figures["ratio_vs_naive_job"])

@@ -21,6 +21,7 @@ import uuid
 import pytest
 from support.faults import crm_event, fault_env, judge
 from support.processes import Part, start_gateway, start_worker
+from support.state_contract import forget_redis
 from support.stream import collect, last_status
 
 from processors.traffic import post_all
@@ -129,3 +130,29 @@ async def test_crash_after_outputs_are_acknowledged_before_the_commit(
     kafka, topic_prefix, tmp_path
 ):
     await _scenario(kafka, topic_prefix, tmp_path, "before-commit:2")
+
+
+@pytest.mark.parametrize(
+    "crash_at",
+    [
+        "before-commit:2",  # outputs acknowledged, input offsets not committed
+        "state-applied/ordering:3",  # mid-record: Redis has its writes, no output handed yet
+        "state-applied/emitter:3",  # the same where sequence numbers are given out
+    ],
+)
+async def test_redis_backend_crashes(kafka, redis_server, topic_prefix, tmp_path, crash_at):
+    """The same scenarios with MSGSTATUS_STATE_BACKEND=redis: a record whose state Redis
+    applied but whose outputs never left is redelivered, finds its own writes and says
+    exactly what it said (or would have said) before; the 'empty disk' failover changes
+    nothing (the state is in Redis)."""
+    try:
+        await _scenario(
+            kafka,
+            topic_prefix,
+            tmp_path,
+            crash_at,
+            MSGSTATUS_STATE_BACKEND="redis",
+            MSGSTATUS_REDIS_URL=redis_server.url,
+        )
+    finally:
+        await forget_redis(redis_server.url, topic_prefix)

@@ -104,3 +104,38 @@ async def test_credentials_in_the_url_work_too(tls_redis) -> None:
         assert await model.ping()
     finally:
         await model.close()
+
+
+async def test_redis_state_backend_over_tls_with_an_acl_user(tls_redis) -> None:
+    """MSGSTATUS_STATE_BACKEND=redis uses the same TLS and ACL settings as the read model."""
+    from processors.model import CanonicalEvent
+    from processors.store.state import Wiring
+    from processors.store.state.redis import RedisBackend
+    from processors.stream.fence import Lease, Ownership
+    from processors.stream.ordering import order_record
+
+    port, pki = tls_redis
+    backend = RedisBackend(
+        settings(port, pki, MSGSTATUS_STATE_BACKEND="redis", MSGSTATUS_REDIS_POOL_SIZE="2")
+    )
+    ownership = Ownership()
+    ownership.assign({"in0"})
+    table = backend.table("ordering", Wiring(None, 1, None, ownership, Lease(10.0)))  # type: ignore[arg-type]
+    table.assigned({0}, 1)
+    event = CanonicalEvent(
+        provider="crm",
+        provider_message_id="tls-2",
+        status="sent",
+        provider_status="sent",
+        channel="sms",
+        observed_at=1.8e9,
+    ).to_dict()
+    try:
+        assert await backend.ping()
+        items = await table.transact(
+            ownership.token("in0"), 0, lambda b: order_record(b, [event], 1)
+        )
+        assert [i["o"] for i in items] == ["applied"]
+        assert await table.size({0}) == 1
+    finally:
+        await backend.close()

@@ -32,17 +32,14 @@ def crm_event(mid: str, status: str) -> Request:
 
 
 def fault_env(kafka, prefix: str, tmp_path: Path, **extra: str) -> dict[str, str]:
-    return base_env(
-        kafka.bootstrap,
-        prefix,
-        tmp_path / "data1",
-        MSGSTATUS_REDIS_URL="redis://127.0.0.1:1/0",
-        MSGSTATUS_DELIVERY_UNKNOWN_AFTER=str(AFTER),
-        MSGSTATUS_DELIVERY_UNKNOWN_GRACE="1",
-        MSGSTATUS_SESSION_TIMEOUT="6",
-        MSGSTATUS_WATERMARK_INTERVAL="1",
-        **extra,
-    )
+    settings = {
+        "MSGSTATUS_REDIS_URL": "redis://127.0.0.1:1/0",  # no read model (--no-read-model)
+        "MSGSTATUS_DELIVERY_UNKNOWN_AFTER": str(AFTER),
+        "MSGSTATUS_DELIVERY_UNKNOWN_GRACE": "1",
+        "MSGSTATUS_SESSION_TIMEOUT": "6",
+        "MSGSTATUS_WATERMARK_INTERVAL": "1",
+    }
+    return base_env(kafka.bootstrap, prefix, tmp_path / "data1", **{**settings, **extra})
 
 
 def judge(by_key: dict, delivered: list[str], controls: list[str]) -> list[str]:

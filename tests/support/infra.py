@@ -70,9 +70,10 @@ def start_kafka(data_dir: Path, heap: str = "384m") -> local_infra.KafkaBroker:
     return broker
 
 
-def start_redis(data_dir: Path) -> local_infra.RedisServer:
-    """Start redis-server on a free port, tied to this process like :func:`start_kafka`."""
-    server = RedisServer(local_infra.free_port(), data_dir, die_with_parent=True)
+def start_redis(data_dir: Path, *, durable: bool = False) -> local_infra.RedisServer:
+    """Start redis-server on a free port, tied to this process like :func:`start_kafka`
+    (``durable``: with an fsynced append-only file, so it survives a kill and restart)."""
+    server = RedisServer(local_infra.free_port(), data_dir, die_with_parent=True, durable=durable)
     atexit.register(server.stop)
     server.start()
     try:

@@ -294,13 +294,33 @@ def test_missing_file_names_the_variable(tmp_path: Path) -> None:
         Settings.from_env({"MSGSTATUS_CONFIG": str(tmp_path / "absent.toml")})
 
 
-def test_redis_state_backend_is_refused_until_implemented():
+def test_state_backend_and_redis_connection_settings():
     import pytest as _pytest
 
     from processors.config import ConfigError, Settings
 
-    with _pytest.raises(ConfigError, match="not implemented"):
-        Settings.from_env({"MSGSTATUS_STATE_BACKEND": "redis"})
+    assert Settings.from_env({}).state_backend == "rocksdb"
+    settings = Settings.from_env(
+        {
+            "MSGSTATUS_STATE_BACKEND": "redis",
+            "MSGSTATUS_TOPIC_PREFIX": "prod.",
+            "MSGSTATUS_REDIS_POOL_SIZE": "32",
+            "MSGSTATUS_REDIS_TIMEOUT": "2.5",
+            "MSGSTATUS_REDIS_CACHE_MB": "16",
+        }
+    )
+    assert settings.state_backend == "redis"
+    assert (settings.redis_pool_size, settings.redis_timeout) == (32, 2.5)
+    assert settings.redis_cache_bytes == 16 << 20
+    assert settings.redis_prefix == "prod."  # the topic prefix unless told otherwise
+    assert Settings.from_env({"MSGSTATUS_REDIS_KEY_PREFIX": "eu1:"}).redis_prefix == "eu1:"
     with _pytest.raises(ConfigError, match="rocksdb or redis"):
         Settings.from_env({"MSGSTATUS_STATE_BACKEND": "sqlite"})
-    assert Settings.from_env({}).state_backend == "rocksdb"
+    for name, bad in (
+        ("MSGSTATUS_REDIS_POOL_SIZE", "0"),
+        ("MSGSTATUS_REDIS_TIMEOUT", "0"),
+        ("MSGSTATUS_REDIS_CACHE_MB", "-1"),
+        ("MSGSTATUS_REDIS_KEY_PREFIX", "a{b}"),
+    ):
+        with _pytest.raises(ConfigError, match=name if "{" not in bad else "must not contain"):
+            Settings.from_env({name: bad})

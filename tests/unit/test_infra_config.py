@@ -94,6 +94,13 @@ def test_redis_command_loopback_no_persistence() -> None:
     }
 
 
+def test_durable_redis_fsyncs_every_write() -> None:
+    """What the Redis state backend needs (docs/operations.md) and its tests run."""
+    cmd = local_infra.redis_command("redis-server", 6390, Path("/d"), durable=True)
+    pairs = dict(zip(cmd[1::2], cmd[2::2], strict=True))
+    assert (pairs["--appendonly"], pairs["--appendfsync"]) == ("yes", "always")
+
+
 def test_cluster_id_is_16_bytes_urlsafe_base64() -> None:
     cid = local_infra.new_cluster_id()
     assert len(cid) == 22 and "=" not in cid
