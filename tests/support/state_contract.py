@@ -137,11 +137,11 @@ def model(work: Workload) -> Model:
         for partition, batch in sorted(result.by_partition.items()):
             src += 1
             items = order_record(tables["ordering"][partition], batch, src, rules)
-            emitter = Emitter(tables["emitter"][partition], policy, history=False)
+            emitter = Emitter(tables["emitter"][partition], policy)
             for message_key, ce in emitter.on_transitions(items, src, 0.0).events:
                 events[message_key].append(comparable(ce))
     for partition in range(PARTITIONS):
-        emitter = Emitter(tables["emitter"][partition], policy, history=False)
+        emitter = Emitter(tables["emitter"][partition], policy)
         bound = time.time()
         for message_key, ce in emitter.on_marker(bound, 10**9, bound).events:
             events[message_key].append(comparable(ce))
