@@ -16,10 +16,11 @@ from collections.abc import Sequence
 
 import orjson
 
-from processors import kafka_client, providers
+from processors import providers
 from processors.config import ConfigError, Settings
+from processors.kafka import client as kafka_client
+from processors.kafka.topics import STATUS, all_topics, ensure_topics
 from processors.ops import commands as ops_commands
-from processors.topics import STATUS, all_topics, ensure_topics
 
 log = logging.getLogger("msgstatus")
 

@@ -293,7 +293,7 @@ class Settings:
     # The gateway's event loop (processors/eventloop.py): "uvloop" or "asyncio".
     gateway_event_loop: str = "asyncio"
     log_level: str = "WARNING"
-    # Kafka transport security (processors/kafka_client.py builds every client from these).
+    # Kafka transport security (processors/kafka/client.py builds every client from these).
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str = "PLAIN"
     kafka_sasl_username: str | None = None

@@ -24,10 +24,11 @@ from typing import Any, TextIO
 import aiohttp
 import orjson
 
-from processors import kafka_client, traffic
+from processors import traffic
 from processors.config import Settings
+from processors.kafka import client as kafka_client
+from processors.kafka.topics import STATUS
 from processors.model import ENGAGEMENT
-from processors.topics import STATUS
 
 # Secrets the demo signs with, named as `traffic.build_requests` expects them.
 SECRET_NAMES = (

@@ -20,9 +20,10 @@ from typing import Any
 
 import faust
 
-from processors import kafka_client, providers
+from processors import providers
 from processors.config import single_broker
-from processors.ingest import raw
+from processors.kafka import client as kafka_client
+from processors.kafka import raw
 from processors.providers import REGISTRY
 from processors.stream import cloudevents
 from processors.transitions import APPLIED, DUPLICATE, MessageState, apply

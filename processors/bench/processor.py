@@ -32,8 +32,8 @@ from aiokafka.errors import KafkaError
 from processors.bench import workload as wl
 from processors.bench.workload import local_broker
 from processors.config import SINGLE_BROKER_ENV, single_broker
+from processors.kafka.topics import all_topics, ensure_topics
 from processors.providers import REGISTRY
-from processors.topics import all_topics, ensure_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 # The last commit before issue 11 (write-behind atomic table units, own offset commits,

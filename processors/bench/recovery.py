@@ -21,14 +21,14 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from processors import kafka_client
 from processors.bench.processor import _spawn, _stop, log
 from processors.bench.workload import local_broker
 from processors.config import SINGLE_BROKER_ENV, Settings, single_broker
-from processors.ingest import raw
+from processors.kafka import client as kafka_client
+from processors.kafka import raw
+from processors.kafka.topics import all_topics, ensure_topics, partition_for
 from processors.providers import REGISTRY
 from processors.providers.base import WebhookRequest
-from processors.topics import all_topics, ensure_topics, partition_for
 
 
 def _states(key: str, now: float) -> tuple[bytes, bytes]:

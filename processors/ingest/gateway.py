@@ -27,8 +27,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 
 from processors import dependencies, providers
 from processors.config import Settings
-from processors.ingest import raw
 from processors.ingest.producer import MAX_REQUEST_BYTES, KafkaUnavailable, RawSink
+from processors.kafka import raw
+from processors.kafka.topics import raw_topic
 from processors.providers import limits, query_string, replay, ses
 from processors.providers.base import (
     FramingError,
@@ -39,7 +40,6 @@ from processors.providers.base import (
     constant_time_equal,
 )
 from processors.store.readmodel import ReadModel, ReadModelUnavailable
-from processors.topics import raw_topic
 
 log = logging.getLogger(__name__)
 

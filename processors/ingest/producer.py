@@ -23,9 +23,9 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from processors import kafka_client
 from processors.config import Settings
-from processors.ingest.raw import RawRecord
+from processors.kafka import client as kafka_client
+from processors.kafka.raw import RawRecord
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from processors import kafka_client
 from processors.config import Settings
+from processors.kafka import client as kafka_client
 
 
 class OpsError(Exception):

@@ -23,9 +23,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import Gauge
 
-from processors import kafka_client, providers
+from processors import providers
 from processors.config import Settings
-from processors.topics import CANONICAL, CONVERSATIONS, TRANSITIONS, raw_topic
+from processors.kafka import client as kafka_client
+from processors.kafka.topics import CANONICAL, CONVERSATIONS, TRANSITIONS, raw_topic
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ import orjson
 from aiokafka import TopicPartition
 
 from processors.config import Settings
+from processors.kafka.topics import DEADLETTER
 from processors.ops.kafka import OpsError, append, connect, partitions, read_range
 from processors.ops.progress import Progress
-from processors.topics import DEADLETTER
 
 
 def source_of(letter: dict[str, Any]) -> tuple[TopicPartition, int] | None:

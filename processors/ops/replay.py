@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from processors.config import Settings
+from processors.kafka.topics import raw_topic
 from processors.ops.kafka import OpsError, append, connect, partitions, read_range
 from processors.ops.progress import Progress
-from processors.topics import raw_topic
 
 
 class UsageError(ValueError):

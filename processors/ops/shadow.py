@@ -29,11 +29,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.admin import DeleteGroupsRequest, DescribeGroupsRequest
 
-from processors import kafka_client, providers
+from processors import providers
 from processors.config import Settings
+from processors.kafka import client as kafka_client
+from processors.kafka.topics import CANONICAL, CONVERSATIONS, TRANSITIONS, raw_topic
 from processors.ops.kafka import OpsError
 from processors.ops.progress import Progress
-from processors.topics import CANONICAL, CONVERSATIONS, TRANSITIONS, raw_topic
 
 STALL = 600.0  # seconds without progress before the shadow is declared stuck
 POLL = 0.5

@@ -29,8 +29,19 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from mode import CrashingSupervisor
 
-from processors import dependencies, kafka_client, providers
+from processors import dependencies, providers
 from processors.config import Settings
+from processors.kafka import client as kafka_client
+from processors.kafka.topics import (
+    CANONICAL,
+    CONVERSATIONS,
+    DEADLETTER,
+    POLL_REQUESTS,
+    STATUS,
+    TRANSITIONS,
+    partition_for,
+    raw_topic,
+)
 from processors.model import FAILURES
 from processors.ops import lag
 from processors.store.readmodel import ReadModel, ReadModelUnavailable
@@ -45,16 +56,6 @@ from processors.stream.progress import Progress
 from processors.stream.watermarks import expand_record
 from processors.stream.watermarks import on_marker as conversation_marker
 from processors.stream.writers import PartitionWriters, Unit
-from processors.topics import (
-    CANONICAL,
-    CONVERSATIONS,
-    DEADLETTER,
-    POLL_REQUESTS,
-    STATUS,
-    TRANSITIONS,
-    partition_for,
-    raw_topic,
-)
 
 log = logging.getLogger(__name__)
 

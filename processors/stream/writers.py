@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 Record = tuple[bytes, bytes | None]
 TP = tuple[str, int]
-# the broker's limit for the internal topics (processors/topics.py) minus batch overhead
+# the broker's limit for the internal topics (processors/kafka/topics.py) minus batch overhead
 MAX_UNIT_BYTES = 8 * 1024 * 1024 - 64 * 1024
 RECORD_OVERHEAD = 32  # per-record framing in a v2 batch, generous
 

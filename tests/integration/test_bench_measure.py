@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from processors.bench import processor
 from processors.config import single_broker
-from processors.topics import ensure_topics
+from processors.kafka.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 from support.processes import SECRETS, base_env, start_gateway, start_worker
 from support.stream import check_message, collect
 
-from processors.ingest import raw
+from processors.kafka import raw
 from processors.providers.base import WebhookRequest
 from processors.traffic import Request, post_all
 

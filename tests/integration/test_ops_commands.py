@@ -15,8 +15,8 @@ from support.stream import collect, send_events
 
 from processors.bench.processor import _ends, _wait_consumed
 from processors.config import single_broker
+from processors.kafka.topics import all_topics, ensure_topics
 from processors.providers import REGISTRY
-from processors.topics import all_topics, ensure_topics
 
 pytestmark = pytest.mark.integration
 

@@ -25,9 +25,9 @@ from support.stream import check_message, collect, last_status
 
 from processors import providers
 from processors.config import Settings
-from processors.ingest import raw
 from processors.ingest.pollers.runner import Poller, PollerConfig, targets
 from processors.ingest.producer import MemorySink
+from processors.kafka import raw
 
 pytestmark = pytest.mark.integration
 

@@ -25,13 +25,19 @@ from support.stream import VALIDATOR, collect
 
 from processors.bench.processor import _ends, _wait_consumed
 from processors.config import single_broker
-from processors.ingest import raw
+from processors.kafka import raw
+from processors.kafka.topics import (
+    TABLES,
+    all_topics,
+    changelog_topic,
+    ensure_topics,
+    partition_for,
+)
 from processors.ops import journal
 from processors.ops.corrections import effective, published
 from processors.providers import REGISTRY, twilio
 from processors.providers.base import WebhookRequest
 from processors.store.readmodel import ReadModel
-from processors.topics import TABLES, all_topics, changelog_topic, ensure_topics, partition_for
 
 pytestmark = pytest.mark.integration
 

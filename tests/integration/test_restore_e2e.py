@@ -14,8 +14,8 @@ from support.stream import collect, send_events
 
 from processors.bench.recovery import fill
 from processors.config import single_broker
+from processors.kafka.topics import all_topics, ensure_topics, partition_for
 from processors.providers import REGISTRY
-from processors.topics import all_topics, ensure_topics, partition_for
 
 pytestmark = pytest.mark.integration
 

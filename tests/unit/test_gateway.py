@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from processors.config import Settings
-from processors.ingest import raw
 from processors.ingest.gateway import Gateway, is_form
 from processors.ingest.producer import MemorySink
+from processors.kafka import raw
 from processors.providers import events, meta, ryze, twilio
 from processors.providers.base import WebhookRequest
 

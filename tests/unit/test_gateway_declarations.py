@@ -20,9 +20,9 @@ from yarl import URL
 
 from processors import providers
 from processors.config import Settings
-from processors.ingest import raw
 from processors.ingest.gateway import Gateway
 from processors.ingest.producer import MemorySink
+from processors.kafka import raw
 from processors.providers import smpp, vonage, vonage_messages
 
 SMPP_TOKEN = "smpp-unit-token-5c1e"

@@ -22,9 +22,9 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from fuzzing import SECRETS, SG_KEY, SNS_CERT_URL, SNS_KEY, SNS_TOPIC, RawClient, fuzz_settings
 
 from processors.config import Settings
-from processors.ingest import raw
 from processors.ingest.gateway import Gateway, make_runner
 from processors.ingest.producer import MAX_REQUEST_BYTES, KafkaUnavailable, MemorySink
+from processors.kafka import raw
 from processors.providers import (
     REGISTRY,
     events,

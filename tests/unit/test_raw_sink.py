@@ -19,7 +19,7 @@ from aiokafka.record.default_records import DefaultRecordBatch
 from processors.config import Settings
 from processors.ingest import producer as producer_module
 from processors.ingest.producer import Deadlines, KafkaRawSink, KafkaUnavailable
-from processors.ingest.raw import RawRecord
+from processors.kafka.raw import RawRecord
 
 PARTITIONS = {"t.raw.twilio": {0, 1, 2, 3}, "t.raw.meta": {0, 1}}
 

@@ -34,9 +34,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from prometheus_client import Counter, Gauge, start_http_server
 
-from processors import dependencies, kafka_client, providers
+from processors import dependencies, providers
 from processors.config import ConfigError, Settings
-from processors.ingest import raw
 from processors.ingest.pollers import MODULES
 from processors.ingest.pollers.tracker import (
     BAD_REQUEST,
@@ -51,9 +50,11 @@ from processors.ingest.pollers.tracker import (
     is_news,
 )
 from processors.ingest.producer import KafkaRawSink, KafkaUnavailable, RawSink
+from processors.kafka import client as kafka_client
+from processors.kafka import raw
+from processors.kafka.topics import STATUS, ensure_topics, raw_topic
 from processors.ops.lag import CONSUMER_LAG
 from processors.providers.base import FramingError, WebhookRequest
-from processors.topics import STATUS, ensure_topics, raw_topic
 
 log = logging.getLogger("msgstatus.poller")
 
