@@ -42,6 +42,7 @@ from processors.kafka.topics import (
     partition_for,
     raw_topic,
 )
+from processors.kafka.writer import Unit
 from processors.model import FAILURES
 from processors.ops import lag
 from processors.store.readmodel import ReadModel, ReadModelUnavailable
@@ -55,7 +56,7 @@ from processors.stream.ordering import Rules, on_marker, order_record
 from processors.stream.progress import Progress
 from processors.stream.watermarks import expand_record
 from processors.stream.watermarks import on_marker as conversation_marker
-from processors.stream.writers import PartitionWriters, Unit
+from processors.stream.writers import PartitionWriters
 
 log = logging.getLogger(__name__)
 

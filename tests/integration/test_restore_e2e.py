@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 from support.processes import base_env, start_worker
 from support.stream import collect, send_events
 
-from processors.bench.recovery import fill
+from bench.recovery import fill
 from processors.config import single_broker
 from processors.kafka.topics import all_topics, ensure_topics, partition_for
 from processors.providers import REGISTRY
