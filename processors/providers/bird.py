@@ -397,12 +397,10 @@ def _channels(result: ParseResult, request: WebhookRequest, doc: Mapping[str, An
         _simple(result, request, event, payload, message_id, "received", event)
     elif direction == "interaction":
         kind = common.text(payload.get("type"), max_len=64) or ""
-        status = INTERACTIONS.lookup(kind)
+        status = INTERACTIONS.resolve(
+            kind, result, payload, f"unknown bird interaction {kind[:64]!r}"
+        )
         if status is None:
-            if INTERACTIONS.is_ignored(kind):
-                result.ignored += 1
-            else:
-                result.dead.append(DeadItem(f"unknown bird interaction {kind[:64]!r}", payload))
             return
         message_id = common.text(payload.get("messageId"), max_len=128)
         _simple(result, request, event, payload, message_id, status, kind.lower())

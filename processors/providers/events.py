@@ -31,7 +31,6 @@ from processors.model import (
 from processors.providers import common
 from processors.providers.base import (
     DeadItem,
-    FramingError,
     ParseResult,
     Registration,
     SignatureError,
@@ -274,27 +273,16 @@ def _registration(item: Mapping[str, Any], event: CanonicalEvent) -> Registratio
     )
 
 
-@common.guarded
-def parse(request: WebhookRequest) -> ParseResult:
-    """One object or an array of them; FramingError when the body is neither."""
-    data = common.load_json(request.body)
-    if isinstance(data, dict):
-        batch: list[Any] = [data]
-    elif isinstance(data, list):
-        batch = data
+def _one(result: ParseResult, item: Any, request: WebhookRequest) -> None:
+    outcome = _event(item, request)
+    if isinstance(outcome, str):
+        result.dead.append(DeadItem(outcome, item))
     else:
-        raise FramingError("body must be a JSON object or an array of objects")
-    result = ParseResult()
+        result.events.append(outcome)
+        registration = _registration(item, outcome)
+        if registration is not None:
+            result.registrations.append(registration)
 
-    def one(item: Any) -> None:
-        outcome = _event(item, request)
-        if isinstance(outcome, str):
-            result.dead.append(DeadItem(outcome, item))
-        else:
-            result.events.append(outcome)
-            registration = _registration(item, outcome)
-            if registration is not None:
-                result.registrations.append(registration)
 
-    common.each(result, batch, one)
-    return result
+# One object or an array of them; FramingError when the body is neither.
+parse = common.object_or_array(_one, "body must be a JSON object or an array of objects")

@@ -131,12 +131,8 @@ def _event(
     code: Any = None,
     reason: str | None = None,
 ) -> None:
-    status = STATUSES.lookup(word)
+    status = STATUSES.resolve(word, result, {"id": key}, f"unknown gupshup status {word[:64]!r}")
     if status is None:
-        if STATUSES.is_ignored(word):
-            result.ignored += 1
-        else:
-            result.dead.append(DeadItem(f"unknown gupshup status {word[:64]!r}", {"id": key}))
         return
     status, error = error_of(code, reason, status)
     result.events.append(

@@ -157,12 +157,8 @@ def _whatsapp_change(
         if word is None:
             result.dead.append(DeadItem("whatsapp status without a status value", item))
             return
-        status = STATUSES.lookup(word)
+        status = STATUSES.resolve(word, result, item, f"unknown whatsapp status {word!r}")
         if status is None:
-            if STATUSES.is_ignored(word):
-                result.ignored += 1
-            else:
-                result.dead.append(DeadItem(f"unknown whatsapp status {word!r}", item))
             return
         error = _whatsapp_error(status_obj)
         if error is None and status == "failed":

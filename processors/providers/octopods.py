@@ -23,15 +23,12 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from processors.config import Settings
 from processors.model import CanonicalEvent, ErrorInfo
-from processors.providers import common, meta, twilio
+from processors.providers import auth, common, meta, twilio
 from processors.providers.base import (
     DeadItem,
-    FramingError,
     ParseResult,
     WebhookRequest,
-    verify_token,
 )
 
 NAME = "octopods"
@@ -68,27 +65,11 @@ _POLL_PATH = re.compile(r"/api/v1/(whatsapp|sms|viber)/messages(?:/|$)")
 _LEADING_CODE = re.compile(r"\s*\(?#?(\d{3,6})\b")
 
 
-def enabled(settings: Settings) -> bool:
-    return settings.secret(SECRET) is not None
-
-
 # --- authentication -------------------------------------------------------------------
 
-
-def calculate_signature(token: str) -> str:
-    """The `token` header value: Octopods proves nothing about the body."""
-    return token
-
-
-def verify(request: WebhookRequest, settings: Settings) -> None:
-    """`token` header or `Authorization: Bearer` must equal MSGSTATUS_OCTOPODS_TOKEN."""
-    verify_token(request, settings, SECRET, NAME, "Octopods")
-
-
-def sign(url: str, body: bytes, token: str) -> dict[str, str]:
-    """Headers an Octopods push would carry (tests and the demo sender use it)."""
-    del url, body
-    return {"content-type": "application/json", "token": calculate_signature(token)}
+# `token` header or `Authorization: Bearer` equal to MSGSTATUS_OCTOPODS_TOKEN.
+AUTH = auth.SharedToken(NAME, SECRET, "Octopods")
+enabled, verify, calculate_signature, sign = AUTH.exports()
 
 
 # --- parsing ----------------------------------------------------------------------------
@@ -132,7 +113,7 @@ def error_of(reason: Any) -> ErrorInfo:
     return common.error_info(code, ERROR_CODES, text)
 
 
-def _one(result: ParseResult, item: Any, request: WebhookRequest, channel_hint: str | None) -> None:
+def _one(result: ParseResult, item: Any, request: WebhookRequest) -> None:
     obj = common.mapping(item)
     if not obj:
         result.dead.append(DeadItem("item is not a JSON object", item))
@@ -147,15 +128,11 @@ def _one(result: ParseResult, item: Any, request: WebhookRequest, channel_hint: 
     if word is None:
         result.dead.append(DeadItem("missing message_status", item))
         return
-    status = STATUSES.lookup(word)
+    status = STATUSES.resolve(word, result, item, f"unknown octopods status {word!r}")
     if status is None:
-        if STATUSES.is_ignored(word):
-            result.ignored += 1
-        else:
-            result.dead.append(DeadItem(f"unknown octopods status {word!r}", item))
         return
     named = (common.text(obj.get("channel"), max_len=32) or "").lower()
-    channel = CHANNELS.get(named) or channel_hint or DEFAULT_CHANNEL
+    channel = CHANNELS.get(named) or _channel_from_url(request.url) or DEFAULT_CHANNEL
     at = common.event_time(obj.get("updated_at")) or common.event_time(obj.get("timestamp"))
 
     def event(canonical: str, error: ErrorInfo | None = None) -> None:
@@ -179,18 +156,10 @@ def _one(result: ParseResult, item: Any, request: WebhookRequest, channel_hint: 
         event("deleted")  # engagement: the recipient deleted it after delivery
 
 
-@common.guarded
-def parse(request: WebhookRequest) -> ParseResult:
-    """An item, an array of items or a list answer; FramingError when no JSON object/array."""
-    data = common.load_json(request.body)
-    if isinstance(data, dict):
-        listed = next((data[k] for k in _LIST_KEYS if isinstance(data.get(k), list)), None)
-        batch: list[Any] = listed if listed is not None else [data]
-    elif isinstance(data, list):
-        batch = data
-    else:
-        raise FramingError("body must be a JSON object (or an array of them)")
-    hint = _channel_from_url(request.url)
-    result = ParseResult()
-    common.each(result, batch, lambda item: _one(result, item, request, hint))
-    return result
+def _listed(answer: Mapping[str, Any]) -> list[Any] | None:
+    """The items of a list answer (`{"data": [...]}` and the like), else None."""
+    return next((answer[k] for k in _LIST_KEYS if isinstance(answer.get(k), list)), None)
+
+
+# An item, an array of items or a list answer; FramingError when no JSON object/array.
+parse = common.object_or_array(_one, unwrap=_listed)

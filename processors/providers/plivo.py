@@ -220,12 +220,8 @@ def parse(request: WebhookRequest) -> ParseResult:
     if word is None:
         result.dead.append(DeadItem("missing Status", fields))
         return result
-    status = STATUSES.lookup(word)
+    status = STATUSES.resolve(word, result, fields, f"unknown plivo Status {word!r}")
     if status is None:
-        if STATUSES.is_ignored(word):
-            result.ignored += 1
-        else:
-            result.dead.append(DeadItem(f"unknown plivo Status {word!r}", fields))
         return result
     result.events.append(
         CanonicalEvent(

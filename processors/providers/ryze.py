@@ -13,15 +13,12 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from processors.config import Settings
 from processors.model import CanonicalEvent, ErrorInfo
-from processors.providers import common
+from processors.providers import auth, common
 from processors.providers.base import (
     DeadItem,
-    FramingError,
     ParseResult,
     WebhookRequest,
-    verify_token,
 )
 
 NAME = "ryze"
@@ -60,27 +57,11 @@ ERROR_CODES: dict[str, tuple[str, str]] = dict(common.check_error_table({}))
 _POLL_PATH = re.compile(r"/api/chat/status/([^/?#]+)")
 
 
-def enabled(settings: Settings) -> bool:
-    return settings.secret(SECRET) is not None
-
-
 # --- authentication -------------------------------------------------------------------
 
-
-def calculate_signature(token: str) -> str:
-    """The `token` header value: RyzeAPI proves nothing about the body, it sends the token."""
-    return token
-
-
-def verify(request: WebhookRequest, settings: Settings) -> None:
-    """`token` header or `Authorization: Bearer` must equal MSGSTATUS_RYZE_TOKEN."""
-    verify_token(request, settings, SECRET, NAME, "RyzeAPI")
-
-
-def sign(url: str, body: bytes, token: str) -> dict[str, str]:
-    """Headers a RyzeAPI push would carry (tests and the demo sender use it)."""
-    del url, body
-    return {"content-type": "application/json", "token": calculate_signature(token)}
+# `token` header or `Authorization: Bearer` equal to MSGSTATUS_RYZE_TOKEN.
+AUTH = auth.SharedToken(NAME, SECRET, "RyzeAPI")
+enabled, verify, calculate_signature, sign = AUTH.exports()
 
 
 # --- parsing ----------------------------------------------------------------------------
@@ -188,16 +169,5 @@ def _one(result: ParseResult, item: Any, request: WebhookRequest) -> None:
     )
 
 
-@common.guarded
-def parse(request: WebhookRequest) -> ParseResult:
-    """A push, a poll answer, or an array of them; FramingError when no JSON object/array."""
-    data = common.load_json(request.body)
-    if isinstance(data, dict):
-        batch: list[Any] = [data]
-    elif isinstance(data, list):
-        batch = data
-    else:
-        raise FramingError("body must be a JSON object (or an array of them)")
-    result = ParseResult()
-    common.each(result, batch, lambda item: _one(result, item, request))
-    return result
+# A push, a poll answer, or an array of them; FramingError when no JSON object/array.
+parse = common.object_or_array(_one)

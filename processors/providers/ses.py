@@ -686,22 +686,17 @@ def _event(result: ParseResult, request: WebhookRequest, event: Mapping[str, Any
         if bounce_type is None:
             result.dead.append(DeadItem("SES bounce without bounceType", event))
             return
-        status = BOUNCES.lookup(bounce_type)
+        # an ignored (soft) bounce: SES may still deliver
+        status = BOUNCES.resolve(
+            bounce_type, result, event, f"unknown SES bounceType {bounce_type!r}"
+        )
         if status is None:
-            if BOUNCES.is_ignored(bounce_type):
-                result.ignored += 1  # soft bounce: SES may still deliver
-            else:
-                result.dead.append(DeadItem(f"unknown SES bounceType {bounce_type!r}", event))
             return
         provider_status = f"{word}/{bounce_type}"
         error = bounce_error(details)
     else:
-        status = EVENTS.lookup(word)
+        status = EVENTS.resolve(word, result, event, f"unknown SES event type {word!r}")
         if status is None:
-            if EVENTS.is_ignored(word):
-                result.ignored += 1
-            else:
-                result.dead.append(DeadItem(f"unknown SES event type {word!r}", event))
             return
         feedback = (common.text(details.get("complaintFeedbackType")) or "").lower()
         if key == "complaint" and feedback in IGNORED_COMPLAINTS:

@@ -48,8 +48,7 @@ from typing import Any
 from processors.config import Settings
 from processors.model import CanonicalEvent, ErrorInfo, is_failure
 from processors.providers import common, query_string
-from processors.providers.bandwidth import basic_credentials, check_basic
-from processors.providers.bandwidth import calculate_signature as basic_header
+from processors.providers.auth import basic_credentials, basic_header, check_basic
 from processors.providers.base import (
     DeadItem,
     FramingError,
@@ -395,12 +394,8 @@ def parse(request: WebhookRequest) -> ParseResult:
     if word is None:
         result.dead.append(DeadItem("receipt without stat", fields))
         return result
-    status = STATUSES.lookup(word)
+    status = STATUSES.resolve(word, result, fields, f"unknown SMPP receipt stat {word!r}")
     if status is None:
-        if STATUSES.is_ignored(word):
-            result.ignored += 1
-        else:
-            result.dead.append(DeadItem(f"unknown SMPP receipt stat {word!r}", fields))
         return result
     err = receipt.get("err") if "err" in receipt else fields.get("err")
     done = receipt.get("done date") or fields.get("donedate") or fields.get("done_date")

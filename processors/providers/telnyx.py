@@ -201,12 +201,8 @@ def _recipient(
     if word is None:
         result.dead.append(DeadItem("recipient without status", recipient))
         return
-    status = STATUSES.lookup(word)
+    status = STATUSES.resolve(word, result, recipient, f"unknown telnyx status {word[:64]!r}")
     if status is None:
-        if STATUSES.is_ignored(word):
-            result.ignored += 1
-        else:
-            result.dead.append(DeadItem(f"unknown telnyx status {word[:64]!r}", recipient))
         return
     if data.get("event_type") == "message.sent" and status in _BELOW_SENT:
         status, word = "sent", "message.sent"

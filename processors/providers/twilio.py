@@ -404,12 +404,8 @@ def parse(request: WebhookRequest) -> ParseResult:
     if word is None:
         result.dead.append(DeadItem("missing MessageStatus", fields))
         return result
-    status = STATUSES.lookup(word)
+    status = STATUSES.resolve(word, result, fields, f"unknown twilio MessageStatus {word[:64]!r}")
     if status is None:
-        if STATUSES.is_ignored(word):
-            result.ignored += 1
-        else:
-            result.dead.append(DeadItem(f"unknown twilio MessageStatus {word[:64]!r}", fields))
         return result
     result.events.append(
         CanonicalEvent(

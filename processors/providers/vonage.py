@@ -286,12 +286,8 @@ def parse(request: WebhookRequest) -> ParseResult:
     if word is None:
         result.dead.append(DeadItem("missing status", fields))
         return result
-    status = STATUSES.lookup(word)
+    status = STATUSES.resolve(word, result, fields, f"unknown vonage status {word[:64]!r}")
     if status is None:
-        if STATUSES.is_ignored(word):
-            result.ignored += 1
-        else:
-            result.dead.append(DeadItem(f"unknown vonage status {word[:64]!r}", fields))
         return result
     code = fields.get("err-code")
     error = None

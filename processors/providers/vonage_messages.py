@@ -296,12 +296,8 @@ def parse(request: WebhookRequest) -> ParseResult:
     if word is None:
         result.dead.append(DeadItem("status without status", data))
         return result
-    status = STATUSES.lookup(word)
+    status = STATUSES.resolve(word, result, data, f"unknown vonage-messages status {word[:64]!r}")
     if status is None:
-        if STATUSES.is_ignored(word):
-            result.ignored += 1
-        else:
-            result.dead.append(DeadItem(f"unknown vonage-messages status {word[:64]!r}", data))
         return result
     error_obj = common.mapping(data.get("error"))
     error = _error(error_obj, status)
