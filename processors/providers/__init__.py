@@ -27,8 +27,18 @@ from processors.providers import brevo  # noqa: F401  # isort: skip
 from processors.providers import africastalking  # noqa: F401  # isort: skip
 from processors.providers import gupshup  # noqa: F401  # isort: skip
 from processors.providers.base import Provider
+from processors.providers.coverage import Coverage
 
-_REQUIRED = ("NAME", "CONTENT_TYPES", "FRAMING", "SIGNATURE_HEADERS", "enabled", "verify", "parse")
+_REQUIRED = (
+    "NAME",
+    "CONTENT_TYPES",
+    "FRAMING",
+    "SIGNATURE_HEADERS",
+    "COVERAGE",
+    "enabled",
+    "verify",
+    "parse",
+)
 
 
 def _collect(namespace: dict[str, object]) -> dict[str, Provider]:
@@ -63,6 +73,8 @@ def _check_declarations(module: ModuleType) -> None:
         and isinstance(answer[1], str)
     ):
         raise TypeError(f"provider module {module.__name__}: SUCCESS_ANSWER is (bytes, str)")
+    if not isinstance(module.COVERAGE, Coverage):
+        raise TypeError(f"provider module {module.__name__}: COVERAGE must be a Coverage")
     hidden = getattr(module, "QUERY_CREDENTIALS", ())
     if not (isinstance(hidden, tuple) and all(isinstance(n, str) and n for n in hidden)):
         raise TypeError(f"provider module {module.__name__}: QUERY_CREDENTIALS is a str tuple")

@@ -25,11 +25,14 @@ from processors.config import Settings
 from processors.model import CanonicalEvent, ErrorInfo, is_failure
 from processors.providers import common, query_string
 from processors.providers.base import DeadItem, FramingError, ParseResult, WebhookRequest
+from processors.providers.coverage import DR, QUERY_TOKEN, Coverage
 
 NAME = "africastalking"
 CONTENT_TYPES: tuple[str, ...] = ("application/x-www-form-urlencoded", "application/json")
 FRAMING = "form"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # a shared token: never kept
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(channels=("sms",), signature=QUERY_TOKEN, receipts={"sms": DR})
 QUERY_CREDENTIALS: tuple[str, ...] = (query_string.TOKEN_PARAM,)
 SECRET = "AFRICASTALKING_TOKEN"
 

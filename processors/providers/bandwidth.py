@@ -23,11 +23,14 @@ from processors.providers.base import (
     ParseResult,
     WebhookRequest,
 )
+from processors.providers.coverage import BASIC, DR, Coverage
 
 NAME = "bandwidth"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # Basic credentials are secrets: never kept
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(channels=("sms", "mms"), signature=BASIC, receipts={"sms": DR, "mms": DR})
 USER = "BANDWIDTH_USER"
 PASSWORD = "BANDWIDTH_PASSWORD"
 

@@ -56,6 +56,7 @@ from processors.providers.base import (
     WebhookRequest,
     constant_time_equal,
 )
+from processors.providers.coverage import DR, DRR, Coverage
 from processors.providers.freshness import require_fresh
 
 NAME = "bird"
@@ -65,6 +66,23 @@ SIGNATURE_HEADER = "messagebird-signature"
 TIMESTAMP_HEADER = "messagebird-request-timestamp"
 LEGACY_HEADER = "messagebird-signature-jwt"
 SIGNATURE_HEADERS: tuple[str, ...] = (SIGNATURE_HEADER, TIMESTAMP_HEADER, LEGACY_HEADER)
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("sms", "whatsapp", "email", "rcs"),
+    signature="HMAC-SHA256 of timestamp, URL, body hash (messagebird-signature); "
+    "legacy MessageBird-Signature-JWT",
+    receipts={"sms": DR, "whatsapp": DRR, "email": DRR, "rcs": DRR},
+    # interactions, inbound, and the legacy SMS status report words
+    extra_statuses=(
+        "read",
+        "clicked",
+        "complained",
+        "unsubscribed",
+        "received",
+        "scheduled",
+        "expired",
+    ),
+)
 HTTP_METHODS: tuple[str, ...] = ("POST", "GET")  # legacy SMS status reports are GETs
 SECRET = "BIRD_SIGNING_KEY"
 LEGACY_SECRET = "BIRD_LEGACY_SIGNING_KEY"

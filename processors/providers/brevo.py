@@ -31,11 +31,19 @@ from processors.config import Settings
 from processors.model import CanonicalEvent, ErrorInfo
 from processors.providers import common, query_string
 from processors.providers.base import DeadItem, ParseResult, WebhookRequest
+from processors.providers.coverage import DR, DRR, QUERY_TOKEN, Coverage
 
 NAME = "brevo"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # a shared token: never kept
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("email", "sms"),
+    signature=QUERY_TOKEN,
+    receipts={"email": DRR, "sms": DR},
+    extra_statuses=("replied",),  # SMS replies
+)
 QUERY_CREDENTIALS: tuple[str, ...] = (query_string.TOKEN_PARAM,)
 SECRET = "BREVO_TOKEN"
 

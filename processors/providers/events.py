@@ -37,6 +37,7 @@ from processors.providers.base import (
     WebhookRequest,
     constant_time_equal,
 )
+from processors.providers.coverage import DRR, ORDER, Coverage
 from processors.providers.freshness import require_fresh
 from processors.providers.replay import ReplayKey, usable_key, window_ttl
 
@@ -45,6 +46,13 @@ CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 # Standard Webhooks headers carry no secret; the Bearer token does, so it is not kept.
 SIGNATURE_HEADERS: tuple[str, ...] = ("webhook-id", "webhook-timestamp", "webhook-signature")
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("any",),
+    signature="Bearer token or Standard Webhooks (HMAC-SHA256)",
+    receipts={"api": DRR, "web": DRR},
+    statuses=tuple(s for s in ORDER if s != "delivery_unknown"),
+)
 SECRET = "EVENTS_WEBHOOK_SECRET"
 
 # Reporters speak canonical statuses already; only the emitter derives delivery_unknown.

@@ -37,11 +37,19 @@ from processors.config import Settings
 from processors.model import CanonicalEvent, ErrorInfo, is_failure
 from processors.providers import common, meta, query_string
 from processors.providers.base import DeadItem, FramingError, ParseResult, WebhookRequest
+from processors.providers.coverage import DRR, QUERY_TOKEN, Coverage
 
 NAME = "gupshup"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # a shared token: never kept
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("whatsapp",),
+    signature=QUERY_TOKEN,
+    receipts={"whatsapp": DRR},
+    extra_statuses=("undelivered",),  # failures with a WhatsApp error code
+)
 QUERY_CREDENTIALS: tuple[str, ...] = (query_string.TOKEN_PARAM,)
 SECRET = "GUPSHUP_TOKEN"
 

@@ -38,12 +38,20 @@ from processors.providers.base import (
     ParseResult,
     WebhookRequest,
 )
+from processors.providers.coverage import BASIC, DR, DRR, Coverage
 from processors.providers.smpp import GSM_MAP_ERRORS
 
 NAME = "infobip"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # Basic credentials are secrets: never kept
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("sms", "mms", "whatsapp", "viber", "rcs", "messenger", "line"),
+    signature=BASIC,
+    receipts={"sms": DR, "mms": DR, "whatsapp": DRR, "viber": DR, "rcs": DRR, "messenger": DRR},
+    extra_statuses=("failed",),  # UNDELIVERABLE_NOT_SENT: never left Infobip
+)
 USER = "INFOBIP_USER"
 PASSWORD = "INFOBIP_PASSWORD"
 

@@ -30,6 +30,7 @@ from processors.providers.base import (
     WebhookRequest,
     constant_time_equal,
 )
+from processors.providers.coverage import DRR, Coverage
 from processors.providers.freshness import require_fresh
 from processors.providers.replay import ReplayKey, usable_key, window_ttl
 
@@ -37,6 +38,13 @@ NAME = "mailgun"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # the signature travels in the body
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("email",),
+    signature="HMAC-SHA256 of timestamp + token (in the body)",
+    receipts={"email": DRR},
+    extra_statuses=("undelivered",),
+)
 SECRET = "MAILGUN_SIGNING_KEY"
 CHANNEL = "email"
 

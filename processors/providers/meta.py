@@ -23,11 +23,18 @@ from processors.providers.base import (
     Watermark,
     WebhookRequest,
 )
+from processors.providers.coverage import DRR, Coverage
 
 NAME = "meta"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ("x-hub-signature-256",)
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("whatsapp", "messenger", "instagram"),
+    signature="HMAC-SHA256 of body (X-Hub-Signature-256)",
+    receipts={"whatsapp": DRR, "messenger": DRR, "instagram": ("read",)},
+)
 SECRET = "META_APP_SECRET"
 VERIFY_TOKEN = "META_VERIFY_TOKEN"
 

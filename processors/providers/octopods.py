@@ -30,11 +30,19 @@ from processors.providers.base import (
     ParseResult,
     WebhookRequest,
 )
+from processors.providers.coverage import DR, DRR, TOKEN, Coverage
 
 NAME = "octopods"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # the credential is the token itself: never kept
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("whatsapp", "sms", "viber"),
+    signature=TOKEN,
+    receipts={"whatsapp": DRR, "sms": DR, "viber": DR},
+    extra_statuses=("deleted",),
+)
 SECRET = "OCTOPODS_TOKEN"
 
 # Octopods' six words (seeds/001). DELETED is handled below: delivered + engagement.

@@ -34,11 +34,19 @@ from processors.providers.base import (
     ParseResult,
     WebhookRequest,
 )
+from processors.providers.coverage import DRR, Coverage
 
 NAME = "postmark"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # Basic credentials are secrets: never kept
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("email",),
+    signature="HTTP Basic (credentials in the webhook URL)",
+    receipts={"email": DRR},
+    extra_statuses=("undelivered", "rejected", "failed", "unsubscribed"),  # bounces
+)
 USER = "POSTMARK_USER"
 PASSWORD = "POSTMARK_PASSWORD"
 

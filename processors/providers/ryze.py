@@ -20,12 +20,19 @@ from processors.providers.base import (
     ParseResult,
     WebhookRequest,
 )
+from processors.providers.coverage import DRR, TOKEN, Coverage
 
 NAME = "ryze"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 # The credential is the token itself: never copy it onto the raw record.
 SIGNATURE_HEADERS: tuple[str, ...] = ()
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("whatsapp",),
+    signature=TOKEN,
+    receipts={"whatsapp": DRR},
+)
 SECRET = "RYZE_TOKEN"
 STATUS_EVENT = "message.status"
 

@@ -35,6 +35,7 @@ from processors.providers.base import (
     SignatureError,
     WebhookRequest,
 )
+from processors.providers.coverage import DRR, Coverage
 from processors.providers.freshness import require_fresh
 
 NAME = "sendgrid"
@@ -43,6 +44,12 @@ FRAMING = "json"
 SIGNATURE_HEADER = "x-twilio-email-event-webhook-signature"
 TIMESTAMP_HEADER = "x-twilio-email-event-webhook-timestamp"
 SIGNATURE_HEADERS: tuple[str, ...] = (SIGNATURE_HEADER, TIMESTAMP_HEADER)
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("email",),
+    signature="ECDSA P-256 of timestamp + body (X-Twilio-Email-Event-Webhook-Signature)",
+    receipts={"email": DRR},
+)
 SECRET = "SENDGRID_PUBLIC_KEY"
 CHANNEL = "email"
 

@@ -54,6 +54,7 @@ from processors.providers.base import (
     SignatureError,
     WebhookRequest,
 )
+from processors.providers.coverage import DRR, Coverage
 from processors.providers.freshness import require_fresh
 from processors.providers.replay import ReplayKey, usable_key, window_ttl
 
@@ -67,6 +68,13 @@ SIGNATURE_HEADERS: tuple[str, ...] = (
     "x-amz-sns-message-type",
     "x-amz-sns-message-id",
     "x-amz-sns-topic-arn",
+)
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("email",),
+    signature="SNS message signature (RSA, certificate from SNS)",
+    receipts={"email": DRR},
+    extra_statuses=("undelivered",),
 )
 SECRET = "SES_TOPIC_ARN"
 CERT_URL_SETTING = "SES_SIGNING_CERT_URL"

@@ -27,11 +27,14 @@ from processors.providers.base import (
     ParseResult,
     WebhookRequest,
 )
+from processors.providers.coverage import BASIC, DR, Coverage
 
 NAME = "sinch"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # Basic credentials are secrets: never kept
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(channels=("sms",), signature=BASIC, receipts={"sms": DR})
 USER = "SINCH_USER"
 PASSWORD = "SINCH_PASSWORD"
 

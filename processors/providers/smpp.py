@@ -57,11 +57,19 @@ from processors.providers.base import (
     WebhookRequest,
     constant_time_equal,
 )
+from processors.providers.coverage import DR, Coverage
 
 NAME = "smpp"
 CONTENT_TYPES: tuple[str, ...] = ("application/x-www-form-urlencoded", "application/json")
 FRAMING = "form"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # credentials are secrets: never kept
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("sms",),
+    signature="HTTP Basic or shared token (`?token=`, `token` header or Bearer)",
+    receipts={"sms": DR},
+    extra_statuses=("failed",),  # Jasmin level-1 ESME_R* refusals
+)
 HTTP_METHODS: tuple[str, ...] = ("POST", "GET")  # Kannel's dlr-url is fetched with GET
 QUERY_CREDENTIALS: tuple[str, ...] = (query_string.TOKEN_PARAM,)
 # Jasmin retries a receipt until the body is exactly this; Kannel ignores the body.

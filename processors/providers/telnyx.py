@@ -44,6 +44,7 @@ from processors.providers.base import (
     SignatureError,
     WebhookRequest,
 )
+from processors.providers.coverage import DR, Coverage
 from processors.providers.freshness import require_fresh
 
 NAME = "telnyx"
@@ -52,6 +53,12 @@ FRAMING = "json"
 SIGNATURE_HEADER = "telnyx-signature-ed25519"
 TIMESTAMP_HEADER = "telnyx-timestamp"
 SIGNATURE_HEADERS: tuple[str, ...] = (SIGNATURE_HEADER, TIMESTAMP_HEADER)
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("sms", "mms"),
+    signature="Ed25519 of timestamp|body (telnyx-signature-ed25519)",
+    receipts={"sms": DR, "mms": DR},
+)
 SECRET = "TELNYX_PUBLIC_KEY"
 
 # payload.to[].status -> canonical.

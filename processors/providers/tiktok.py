@@ -32,11 +32,14 @@ from processors.providers.base import (
     ParseResult,
     WebhookRequest,
 )
+from processors.providers.coverage import TOKEN, Coverage
 
 NAME = "tiktok"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # the credential is the token itself: never kept
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(channels=("tiktok",), signature=TOKEN, receipts={"tiktok": ("read",)})
 SECRET = "TIKTOK_TOKEN"
 
 # Event names -> canonical. Only reads exist; the rest of the webhook is ignored.

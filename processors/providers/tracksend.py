@@ -21,11 +21,18 @@ from processors.providers.base import (
     ParseResult,
     WebhookRequest,
 )
+from processors.providers.coverage import DR, DRR, TOKEN, Coverage
 
 NAME = "tracksend"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # the credential is the token itself: never kept
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("sms", "rcs"),
+    signature=TOKEN,
+    receipts={"sms": DR, "rcs": DRR},
+)
 SECRET = "TRACKSEND_TOKEN"
 
 # Every word of Tracksend's SMS and RCS tables (seeds/002), PROVIDERS.md's mapping.

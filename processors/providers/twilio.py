@@ -23,11 +23,18 @@ from processors.providers.base import (
     SignatureError,
     WebhookRequest,
 )
+from processors.providers.coverage import DR, DRR, Coverage
 
 NAME = "twilio"
 CONTENT_TYPES: tuple[str, ...] = ("application/x-www-form-urlencoded", "application/json")
 FRAMING = "form"
 SIGNATURE_HEADERS: tuple[str, ...] = ("x-twilio-signature",)
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("sms", "mms", "whatsapp", "messenger", "rcs"),
+    signature="HMAC-SHA1 of URL + sorted params (X-Twilio-Signature)",
+    receipts={"sms": DR, "mms": DR, "whatsapp": DRR, "messenger": DRR, "rcs": DRR},
+)
 SECRET = "TWILIO_AUTH_TOKEN"
 ACCOUNT_SID = "TWILIO_ACCOUNT_SID"  # optional: binds the environment's token to an account
 

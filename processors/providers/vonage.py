@@ -42,6 +42,7 @@ from processors.providers.base import (
     WebhookRequest,
     constant_time_equal,
 )
+from processors.providers.coverage import DR, Coverage
 from processors.providers.freshness import require_fresh
 from processors.providers.replay import ReplayKey, usable_key, window_ttl
 
@@ -49,6 +50,10 @@ NAME = "vonage"
 CONTENT_TYPES: tuple[str, ...] = ("application/json", "application/x-www-form-urlencoded")
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # the signature travels inside the body
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("sms",), signature="signed params (`sig`, HMAC or MD5)", receipts={"sms": DR}
+)
 HTTP_METHODS: tuple[str, ...] = ("POST", "GET")  # Vonage's default DLR method is GET
 SECRET = "VONAGE_SIGNATURE_SECRET"
 METHOD = "VONAGE_SIGNATURE_METHOD"

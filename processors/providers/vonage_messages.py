@@ -48,6 +48,7 @@ from processors.providers.base import (
     WebhookRequest,
     constant_time_equal,
 )
+from processors.providers.coverage import DR, DRR, Coverage
 from processors.providers.freshness import require_fresh
 
 NAME = "vonage-messages"
@@ -55,6 +56,20 @@ CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 # The signed token, kept so the stream knows the account (`api_key`) it was signed for.
 SIGNATURE_HEADERS: tuple[str, ...] = ("authorization",)
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("sms", "mms", "rcs", "whatsapp", "viber", "messenger"),
+    signature="JWT HS256 in Authorization (payload_hash, iat window)",
+    receipts={
+        "sms": DR,
+        "mms": DR,
+        "rcs": DRR,
+        "whatsapp": DRR,
+        "viber": DRR,
+        "messenger": DRR,
+    },
+    extra_statuses=("expired",),  # rejected with code 1360
+)
 SECRET = "VONAGE_MESSAGES_SIGNATURE_SECRET"
 FALLBACK_SECRET = "VONAGE_SIGNATURE_SECRET"
 API_KEY = "VONAGE_MESSAGES_API_KEY"
