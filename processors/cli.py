@@ -242,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         settings = Settings.from_env()
+        providers.check(settings)
     except ConfigError as exc:
         print(f"msgstatus: {exc}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ from processors.providers import postmark  # noqa: F401  # isort: skip
 from processors.providers import brevo  # noqa: F401  # isort: skip
 from processors.providers import africastalking  # noqa: F401  # isort: skip
 from processors.providers import gupshup  # noqa: F401  # isort: skip
+from processors.config import ConfigError, Settings
 from processors.providers.base import Provider
 from processors.providers.coverage import Coverage
 
@@ -83,9 +84,26 @@ def _check_declarations(module: ModuleType) -> None:
 REGISTRY: dict[str, Provider] = _collect(dict(globals()))
 
 
+# Providers that can be asked about one message (their module declares POLLING).
+POLLABLE: frozenset[str] = frozenset(n for n, m in REGISTRY.items() if getattr(m, "POLLING", None))
+
+
+def check(settings: Settings) -> None:
+    """ConfigError for settings that name providers the registry cannot serve so: a
+    delivery_unknown question (or a poller URL) for a provider that cannot be polled."""
+    unknown = settings.delivery_unknown_ask - POLLABLE
+    if unknown:
+        names = ", ".join(sorted(unknown))
+        raise ConfigError(
+            f"MSGSTATUS_DELIVERY_UNKNOWN_ASK: {names} cannot be polled "
+            f"(pollable: {', '.join(sorted(POLLABLE))}; without the variable: the "
+            "providers with a MSGSTATUS_<P>_API_URL)"
+        )
+
+
 def get(name: str) -> Provider | None:
     """The enabled-or-not provider module called `name` (the gateway checks enabled())."""
     return REGISTRY.get(name)
 
 
-__all__ = ["REGISTRY", "Provider", "get"]
+__all__ = ["POLLABLE", "REGISTRY", "Provider", "check", "get"]

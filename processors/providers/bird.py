@@ -86,7 +86,6 @@ COVERAGE = Coverage(
 HTTP_METHODS: tuple[str, ...] = ("POST", "GET")  # legacy SMS status reports are GETs
 SECRET = "BIRD_SIGNING_KEY"
 LEGACY_SECRET = "BIRD_LEGACY_SIGNING_KEY"
-MAX_AGE = "BIRD_MAX_AGE"
 LEGACY_ISSUER = "MessageBird"
 LEEWAY = 1.0
 
@@ -222,15 +221,10 @@ DEFAULT_MAX_AGE = 32_400.0
 
 
 def _window(settings: Settings) -> float:
-    raw = settings.secret(MAX_AGE)
-    if raw is None:
+    """MSGSTATUS_BIRD_MAX_AGE seconds when set, else at least DEFAULT_MAX_AGE."""
+    window = settings.provider_options.bird_max_age
+    if window is None:
         return max(settings.replay_window, DEFAULT_MAX_AGE)
-    try:
-        window = float(raw)
-    except ValueError:
-        window = -1.0
-    if not window >= 0:
-        raise SignatureError(f"MSGSTATUS_{MAX_AGE} must be a number of seconds, not {raw!r}")
     return window
 
 

@@ -14,6 +14,10 @@ holding them under `data`, `messages` or `results`.
 
 Octopods signs nothing: header `token` or `Authorization: Bearer` must equal
 MSGSTATUS_OCTOPODS_TOKEN.
+
+Polled (`msgstatus poller`): `GET {url}/api/v1/{whatsapp|sms}/messages/{id}` with a Bearer
+token (only WhatsApp and SMS have a documented status endpoint). While SENT or UNKNOWN
+Octopods asks to re-poll after 10-30 s, hence the wide jitter around the interval.
 """
 
 from __future__ import annotations
@@ -21,13 +25,17 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
+
+import orjson
 
 from processors.model import CanonicalEvent, ErrorInfo
 from processors.providers import auth, common, meta, twilio
 from processors.providers.base import (
     DeadItem,
     ParseResult,
+    Pending,
+    Polling,
     WebhookRequest,
 )
 from processors.providers.coverage import DR, DRR, TOKEN, Coverage
@@ -171,3 +179,41 @@ def _listed(answer: Mapping[str, Any]) -> list[Any] | None:
 
 # An item, an array of items or a list answer; FramingError when no JSON object/array.
 parse = common.object_or_array(_one, unwrap=_listed)
+
+
+# --- polling ----------------------------------------------------------------------------
+
+# message channel -> path segment of the status endpoint
+POLL_PATHS: dict[str, str] = {"whatsapp": "whatsapp", "sms": "sms"}
+
+
+def poll_url(base_url: str, channel: str, message_id: str) -> str:
+    path = POLL_PATHS[channel]
+    return f"{base_url.rstrip('/')}/api/v1/{path}/messages/{quote(message_id, safe='')}"
+
+
+def poll_request(base_url: str, token: str, message: Pending) -> tuple[str, dict[str, str]]:
+    url = poll_url(base_url, message.channel, message.message_id)
+    return url, {"authorization": f"Bearer {token}", "accept": "application/json"}
+
+
+def poll_error(body: bytes) -> str | None:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    error = data.get("error", data.get("message"))
+    if isinstance(error, dict):
+        error = error.get("message")
+    return error[:200] if isinstance(error, str) else None
+
+
+POLLING = Polling(
+    request=poll_request,
+    error_message=poll_error,
+    channels=frozenset(POLL_PATHS),
+    rate_limit=60,  # not published by Octopods: a cautious assumption
+    jitter=(2 / 3, 2.0),  # 10-30 s with the default 15 s interval
+)

@@ -4,6 +4,11 @@ The push format is not public, so both the assumed push shape
 `{"event": "message.status", "instance", "data": {...}}` and the documented flat poll
 answer `{"success": true, "message_id", "status", "status_code", ...}` are accepted
 (PROVIDERS.md "RyzeAPI"). RyzeAPI signs nothing: a shared token authenticates pushes.
+
+Polled (`msgstatus poller`): `GET {url}/api/chat/status/{instance}?messageId={id}` with the
+header `token`; the instance is the message's `account` (from its `/v1/events`
+registration). The answer has no instance, so the request URL kept on the raw record
+names it for parse().
 """
 
 from __future__ import annotations
@@ -11,13 +16,17 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
+
+import orjson
 
 from processors.model import CanonicalEvent, ErrorInfo
 from processors.providers import auth, common
 from processors.providers.base import (
     DeadItem,
     ParseResult,
+    Pending,
+    Polling,
     WebhookRequest,
 )
 from processors.providers.coverage import DRR, TOKEN, Coverage
@@ -178,3 +187,40 @@ def _one(result: ParseResult, item: Any, request: WebhookRequest) -> None:
 
 # A push, a poll answer, or an array of them; FramingError when no JSON object/array.
 parse = common.object_or_array(_one)
+
+
+# --- polling ----------------------------------------------------------------------------
+
+
+def poll_url(base_url: str, instance: str, message_id: str) -> str:
+    query = urlencode({"messageId": message_id})
+    return f"{base_url.rstrip('/')}/api/chat/status/{quote(instance, safe='')}?{query}"
+
+
+def poll_request(base_url: str, token: str, message: Pending) -> tuple[str, dict[str, str]]:
+    """URL and headers of the status query for `message` (its account is the instance)."""
+    if not message.account:
+        raise ValueError("a RyzeAPI poll needs the message's instance (its account)")
+    url = poll_url(base_url, message.account, message.message_id)
+    return url, {"token": token, "accept": "application/json"}
+
+
+def poll_error(body: bytes) -> str | None:
+    """`error.message` of an error answer (`{"success": false, "error": {"message"}}`)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    message = error.get("message") if isinstance(error, dict) else error
+    return message[:200] if isinstance(message, str) else None
+
+
+POLLING = Polling(
+    request=poll_request,
+    error_message=poll_error,
+    channels=frozenset({"whatsapp"}),
+    rate_limit=100,  # documented: "Rate-limit: Global (100/min)"
+    default_channel="whatsapp",  # RyzeAPI is WhatsApp only
+    needs_account=True,  # polled per instance
+)

@@ -77,9 +77,6 @@ COVERAGE = Coverage(
     extra_statuses=("undelivered",),
 )
 SECRET = "SES_TOPIC_ARN"
-CERT_URL_SETTING = "SES_SIGNING_CERT_URL"
-CERT_PEM_SETTING = "SES_SIGNING_CERT_PEM"
-AUTO_CONFIRM_SETTING = "SES_AUTO_CONFIRM"
 CHANNEL = "email"
 
 SNS_HOST_RE = re.compile(r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$")
@@ -354,10 +351,10 @@ CERTIFICATES = CertificateStore()
 
 def pinned(settings: Settings) -> tuple[str, str] | None:
     """(normalised URL, PEM) of the pinned certificate, when one is configured."""
-    pem = settings.secret(CERT_PEM_SETTING)
-    if not pem:
+    options = settings.provider_options
+    if not options.ses_signing_cert_pem:
         return None
-    return certificate_url(settings.secret(CERT_URL_SETTING)) or "", pem
+    return certificate_url(options.ses_signing_cert_url) or "", options.ses_signing_cert_pem
 
 
 def certificate_key(url: str, settings: Settings) -> rsa.RSAPublicKey:
@@ -595,8 +592,7 @@ def auto_confirm_url(request: WebhookRequest, settings: Settings) -> str | None:
     None when MSGSTATUS_SES_AUTO_CONFIRM is 0/false/no/off, when the body is no
     SubscriptionConfirmation of an allow-listed topic, or its URL is not an SNS URL.
     """
-    switch = (settings.secret(AUTO_CONFIRM_SETTING) or "1").strip().lower()
-    if switch in ("0", "false", "no", "off"):
+    if not settings.provider_options.ses_auto_confirm:
         return None
     envelope = _envelope(request.body)
     if envelope is None or envelope.get("TopicArn") not in topic_arns(settings):

@@ -73,7 +73,6 @@ COVERAGE = Coverage(
 SECRET = "VONAGE_MESSAGES_SIGNATURE_SECRET"
 FALLBACK_SECRET = "VONAGE_SIGNATURE_SECRET"
 API_KEY = "VONAGE_MESSAGES_API_KEY"
-MAX_AGE = "VONAGE_MESSAGES_MAX_AGE"
 ISSUER = "Vonage"
 
 STATUS_MAP: dict[str, str] = {
@@ -211,15 +210,10 @@ DEFAULT_MAX_AGE = 86_400.0
 
 
 def _window(settings: Settings) -> float:
-    raw = settings.secret(MAX_AGE)
-    if raw is None:
+    """MSGSTATUS_VONAGE_MESSAGES_MAX_AGE seconds when set, else at least DEFAULT_MAX_AGE."""
+    window = settings.provider_options.vonage_messages_max_age
+    if window is None:
         return max(settings.replay_window, DEFAULT_MAX_AGE)
-    try:
-        window = float(raw)
-    except ValueError:
-        window = -1.0
-    if not window >= 0:
-        raise SignatureError(f"MSGSTATUS_{MAX_AGE} must be a number of seconds, not {raw!r}")
     return window
 
 

@@ -25,8 +25,8 @@ from support.stream import check_message, collect, last_status
 
 from bench.processes import Process
 from processors import providers
-from processors.config import Settings
-from processors.ingest.pollers.runner import Poller, PollerConfig, targets
+from processors.config import PollerConfig, Settings
+from processors.ingest.pollers.runner import Poller, targets
 from processors.ingest.producer import MemorySink
 from processors.kafka import raw
 

@@ -86,14 +86,16 @@ def request(
 
 
 def settings(
-    api_token: str | None = None, events_token: str | None = None, **secrets: str
+    api_token: str | None = None, events_token: str | None = None, **values: str
 ) -> Settings:
-    """Settings with provider secrets given by their names without MSGSTATUS_."""
-    return Settings(
-        api_token=api_token,
-        events_token=events_token,
-        secrets={k.upper(): v for k, v in secrets.items()},
-    )
+    """Settings as the environment would give them: provider secrets and provider
+    settings named without MSGSTATUS_ (typed and checked like at start-up)."""
+    env = {f"MSGSTATUS_{k.upper()}": v for k, v in values.items()}
+    if api_token is not None:
+        env["MSGSTATUS_API_TOKEN"] = api_token
+    if events_token is not None:
+        env["MSGSTATUS_EVENTS_TOKEN"] = events_token
+    return Settings.from_env(env)
 
 
 def form(pairs: Sequence[tuple[str, str]]) -> bytes:

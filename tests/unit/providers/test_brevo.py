@@ -151,7 +151,7 @@ def test_sms_no_change(word: str) -> None:
 
 
 def test_coverage_lists_the_sms_statuses_too() -> None:
-    listed = set(coverage.statuses_of(brevo, coverage.TABLE["brevo"]))
+    listed = set(coverage.statuses_of(brevo, brevo.COVERAGE))
     assert set(brevo.SMS_STATUS_MAP.values()) <= listed
 
 
