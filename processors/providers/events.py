@@ -46,6 +46,8 @@ CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 # Standard Webhooks headers carry no secret; the Bearer token does, so it is not kept.
 SIGNATURE_HEADERS: tuple[str, ...] = ("webhook-id", "webhook-timestamp", "webhook-signature")
+# Served on POST /v1/events too (DESIGN.md section 7), besides /webhooks/events.
+ENDPOINT = "/v1/events"
 # Channels, signature and receipts as `msgstatus providers` and the README show them.
 COVERAGE = Coverage(
     channels=("any",),

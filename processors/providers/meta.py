@@ -111,8 +111,13 @@ def sign(url: str, body: bytes, app_secret: str) -> dict[str, str]:
     }
 
 
+# What the gateway answers (403) when handshake() refuses.
+HANDSHAKE_REFUSED = "hub.verify_token does not match"
+
+
 def handshake(query: Mapping[str, str], settings: Settings) -> str | None:
-    """The `hub.challenge` to echo for `GET /webhooks/meta`, or None (answer 403).
+    """The `hub.challenge` to echo for `GET /webhooks/meta` (the gateway's answer to a GET
+    on the webhook URL of a provider with a handshake), or None (answer 403).
 
     Only when hub.mode is "subscribe" and hub.verify_token equals
     MSGSTATUS_META_VERIFY_TOKEN (constant-time); unset token means never.

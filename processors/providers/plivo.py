@@ -48,6 +48,9 @@ SIGNATURE_HEADER = "x-plivo-signature-v3"
 MA_SIGNATURE_HEADER = "x-plivo-signature-ma-v3"
 NONCE_HEADER = "x-plivo-signature-v3-nonce"
 SIGNATURE_HEADERS: tuple[str, ...] = (SIGNATURE_HEADER, MA_SIGNATURE_HEADER, NONCE_HEADER)
+# One small form (or object) per callback: a body limit of its own bounds what an unsigned
+# request costs before its signature is checked (processors/ingest/gateway.py).
+MAX_BODY_BYTES = 65_536
 # Channels, signature and receipts as `msgstatus providers` and the README show them.
 COVERAGE = Coverage(
     channels=("sms", "mms", "whatsapp"),

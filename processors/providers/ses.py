@@ -629,7 +629,9 @@ _BACKGROUND: set[asyncio.Task[bool]] = set()
 
 
 def schedule_confirmation(request: WebhookRequest, settings: Settings) -> bool:
-    """From the gateway, after a verified and stored request: confirm in the background."""
+    """From the gateway, after a verified and stored request (its `after_stored` hook): a
+    SubscriptionConfirmation is confirmed in the background, so the 200 is not delayed.
+    MSGSTATUS_SES_AUTO_CONFIRM=0 turns it off."""
     url = auto_confirm_url(request, settings)
     if url is None:
         return False
@@ -762,3 +764,7 @@ def parse(request: WebhookRequest) -> ParseResult:
         return result
     _event(result, request, event)
     return result
+
+
+# The gateway calls it once a verified request is stored, before answering 200.
+after_stored = schedule_confirmation

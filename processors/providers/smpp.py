@@ -63,6 +63,9 @@ NAME = "smpp"
 CONTENT_TYPES: tuple[str, ...] = ("application/x-www-form-urlencoded", "application/json")
 FRAMING = "form"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # credentials are secrets: never kept
+# One small form (or object) per callback: a body limit of its own bounds what an unsigned
+# request costs before its signature is checked (processors/ingest/gateway.py).
+MAX_BODY_BYTES = 65_536
 # Channels, signature and receipts as `msgstatus providers` and the README show them.
 COVERAGE = Coverage(
     channels=("sms",),

@@ -29,6 +29,9 @@ NAME = "twilio"
 CONTENT_TYPES: tuple[str, ...] = ("application/x-www-form-urlencoded", "application/json")
 FRAMING = "form"
 SIGNATURE_HEADERS: tuple[str, ...] = ("x-twilio-signature",)
+# One small form (or object) per callback: a body limit of its own bounds what an unsigned
+# request costs before its signature is checked (processors/ingest/gateway.py).
+MAX_BODY_BYTES = 65_536
 # Channels, signature and receipts as `msgstatus providers` and the README show them.
 COVERAGE = Coverage(
     channels=("sms", "mms", "whatsapp", "messenger", "rcs"),

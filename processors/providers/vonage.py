@@ -50,6 +50,9 @@ NAME = "vonage"
 CONTENT_TYPES: tuple[str, ...] = ("application/json", "application/x-www-form-urlencoded")
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # the signature travels inside the body
+# One small form (or object) per callback: a body limit of its own bounds what an unsigned
+# request costs before its signature is checked (processors/ingest/gateway.py).
+MAX_BODY_BYTES = 65_536
 # Channels, signature and receipts as `msgstatus providers` and the README show them.
 COVERAGE = Coverage(
     channels=("sms",), signature="signed params (`sig`, HMAC or MD5)", receipts={"sms": DR}
