@@ -7,7 +7,7 @@ import socket
 import pytest
 from conftest import NetworkBlocked, is_local
 
-from processors.providers import ses
+from processors.providers.ses import certificates
 
 SNS_URL = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem"
 
@@ -32,4 +32,4 @@ def test_loopback_stays_usable() -> None:
 
 async def test_the_real_certificate_fetch_cannot_go_out() -> None:
     with pytest.raises(OSError):
-        await ses.fetch_certificate(SNS_URL)
+        await certificates.fetch_certificate(SNS_URL)
