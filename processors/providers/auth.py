@@ -1,4 +1,5 @@
-"""The schemes of providers that sign nothing: a shared token, or HTTP Basic credentials.
+"""The schemes of providers that sign nothing: a shared token (in a header or in the
+URL), or HTTP Basic credentials.
 
 They prove who sent a request, not what it says (the body is not covered). A provider
 module declares its scheme once and takes its functions from it, so the checks, the
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from processors.config import Settings
+from processors.providers import query_string
 from processors.providers.base import SignatureError, WebhookRequest, verify_token
 from processors.providers.common import any_equal
 
@@ -51,6 +53,33 @@ class SharedToken:
     def exports(self) -> tuple[Callable[..., Any], ...]:
         """(enabled, verify, calculate_signature, sign) for the provider module."""
         return self.enabled, self.verify, self.calculate_signature, self.sign
+
+
+@dataclass(frozen=True, slots=True)
+class QueryToken:
+    """A provider whose webhook settings hold nothing but a URL: the shared token travels
+    as `?token=` (a `token` header or `Authorization: Bearer` is accepted too), any value
+    of MSGSTATUS_<secret>; the module lists `token` in QUERY_CREDENTIALS so the gateway
+    never stores it."""
+
+    name: str
+    secret: str
+
+    def enabled(self, settings: Settings) -> bool:
+        return settings.secret(self.secret) is not None
+
+    def verify(self, request: WebhookRequest, settings: Settings) -> None:
+        query_string.verify_shared_token(request, settings, self.secret, self.name)
+
+    @staticmethod
+    def sign(url: str, token: str) -> str:
+        """The callback URL to give the provider for `url` (tests and the demo sender)."""
+        separator = "&" if "?" in url else "?"
+        return f"{url}{separator}{query_string.TOKEN_PARAM}={token}"
+
+    def exports(self) -> tuple[Callable[..., Any], ...]:
+        """(enabled, verify, sign) for the provider module."""
+        return self.enabled, self.verify, self.sign
 
 
 def basic_header(user: str, password: str) -> str:

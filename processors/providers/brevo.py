@@ -27,9 +27,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from processors.config import Settings
 from processors.model import CanonicalEvent, ErrorInfo
-from processors.providers import common, query_string
+from processors.providers import auth, common, query_string
 from processors.providers.base import DeadItem, ParseResult, WebhookRequest
 from processors.providers.coverage import DR, DRR, QUERY_TOKEN, Coverage
 
@@ -104,13 +103,9 @@ SMS_ERRORS: dict[str, tuple[str, str]] = dict(
 _NOT_LETTERS = re.compile(r"[^a-z]")
 
 
-def enabled(settings: Settings) -> bool:
-    return settings.secret(SECRET) is not None
-
-
-def verify(request: WebhookRequest, settings: Settings) -> None:
-    """The shared token (Bearer, `token` header or `?token=`) must be MSGSTATUS_BREVO_TOKEN."""
-    query_string.verify_shared_token(request, settings, SECRET, NAME)
+# The shared token (Bearer, `token` header or `?token=`) must be MSGSTATUS_BREVO_TOKEN.
+AUTH = auth.QueryToken(NAME, SECRET)
+enabled, verify, _ = AUTH.exports()
 
 
 def sign(body: bytes, token: str) -> dict[str, str]:
