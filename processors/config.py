@@ -399,7 +399,7 @@ class Settings:
     # load, a few % of a core more per idle worker (docs/benchmarks-notes.md).
     fetch_max_wait_ms: int = 20
     # aiokafka batch size of the worker's producers: records of one partition sent together.
-    # A table unit larger than this still travels as one batch of its own (writers.py).
+    # A table unit larger than this still travels as one batch of its own (kafka/writer.py).
     producer_batch_bytes: int = 512 * 1024
     # Bearer token of the query API (GET /v1/messages): read only.
     api_token: str | None = None
