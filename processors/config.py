@@ -211,6 +211,13 @@ def _positive(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _count(env: Mapping[str, str], name: str, default: int, least: int) -> int:
+    value = _int(env, name, default)
+    if value < least:
+        raise ConfigError(f"{name} must be at least {least}, got {env.get(name)!r}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class PollerConfig:
     """`msgstatus poller` (processors/ingest/pollers/): timing, and per pollable provider
@@ -250,9 +257,9 @@ class PollerConfig:
             max_age=_positive(env, "MSGSTATUS_POLL_MAX_AGE", d.max_age),
             backoff_base=_positive(env, "MSGSTATUS_POLL_BACKOFF_BASE", d.backoff_base),
             backoff_max=_positive(env, "MSGSTATUS_POLL_BACKOFF_MAX", d.backoff_max),
-            concurrency=int(_positive(env, "MSGSTATUS_POLL_CONCURRENCY", d.concurrency)),
+            concurrency=_count(env, "MSGSTATUS_POLL_CONCURRENCY", d.concurrency, least=1),
             request_timeout=_positive(env, "MSGSTATUS_POLL_TIMEOUT", d.request_timeout),
-            metrics_port=_int(env, "MSGSTATUS_POLLER_METRICS_PORT", d.metrics_port),
+            metrics_port=_count(env, "MSGSTATUS_POLLER_METRICS_PORT", d.metrics_port, least=0),
             api_urls=api_urls,
             rate_limits=rate_limits,
         )

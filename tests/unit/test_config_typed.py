@@ -61,6 +61,8 @@ def test_a_poll_api_url_may_come_from_the_config_file(tmp_path) -> None:
         {"MSGSTATUS_POLL_INTERVAL": "soon"},
         {"MSGSTATUS_POLL_INTERVAL": "0"},
         {"MSGSTATUS_POLL_CONCURRENCY": "-1"},
+        {"MSGSTATUS_POLL_CONCURRENCY": "4.5"},
+        {"MSGSTATUS_POLLER_METRICS_PORT": "-1"},
         {"MSGSTATUS_RYZE_RATE_LIMIT": "0"},
         {"MSGSTATUS_RYZE_API_URL": "ryze.example"},
         {"MSGSTATUS_SES_AUTO_CONFIRM": "maybe"},
