@@ -190,7 +190,7 @@ def _from_checkout(settings: Settings, args: argparse.Namespace) -> int:
     if args.command == "bench":
         from bench.__main__ import main as bench_main
 
-        return bench_main(args.bench_args)
+        return bench_main(args.bench_args[1:])  # after the "--" main() put first
     from bench.demo import run_demo
 
     return run_demo(settings, args)
@@ -239,6 +239,9 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # its options are the benchmarks' own (argparse.REMAINDER
+        argv = ["bench", "--", *argv[1:]]  # refuses a first one that starts with "-")
     args = parser().parse_args(argv)
     try:
         settings = Settings.from_env()
