@@ -56,7 +56,7 @@ test-faults: $(STAMP)
 		tests/integration/test_crash_consistency.py tests/integration/test_scale_out.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check processors tests deploy
+	$(VENV)/bin/ruff check processors bench tests deploy
 
 # Hostile-input fuzzing for MSGSTATUS_FUZZ_SECONDS (default 300): prints cases and failures.
 fuzz: $(STAMP)
@@ -64,7 +64,7 @@ fuzz: $(STAMP)
 
 bench: $(STAMP)
 	$(INFRA) prepare
-	$(PY) -m processors.bench
+	$(PY) -m bench
 
 clean:
 	rm -rf var .pytest_cache

@@ -9,10 +9,11 @@ docs/configuration.md describes its format.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -193,23 +194,155 @@ def _secret_field(name: str) -> tuple[str, str]:
     return provider, key
 
 
-# Providers that can be polled for one message (processors/ingest/pollers/).
-POLLABLE = ("ryze", "octopods")
 MAX_DEADLINE = 7 * 86400.0  # the deadline index is exercised up to this horizon
+_POLL_API_URL = re.compile(r"MSGSTATUS_([A-Z0-9_]+)_API_URL")
+_POLL_RATE_LIMIT = re.compile(r"MSGSTATUS_([A-Z0-9_]+)_RATE_LIMIT")
 
 
-def _ask_providers(env: Mapping[str, str]) -> frozenset[str]:
+def _provider_of(env_name: str) -> str:
+    """`VONAGE_MESSAGES` -> `vonage-messages`: a provider name from its settings' prefix."""
+    return env_name.lower().replace("_", "-")
+
+
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name} must be positive, got {env.get(name)!r}")
+    return value
+
+
+def _count(env: Mapping[str, str], name: str, default: int, least: int) -> int:
+    value = _int(env, name, default)
+    if value < least:
+        raise ConfigError(f"{name} must be at least {least}, got {env.get(name)!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class PollerConfig:
+    """`msgstatus poller` (processors/ingest/pollers/): timing, and per pollable provider
+    its status API's URL (MSGSTATUS_<P>_API_URL) and rate limit (MSGSTATUS_<P>_RATE_LIMIT,
+    requests per minute; unset: the provider module's own). API tokens are secrets."""
+
+    interval: float = 15.0
+    max_age: float = 72 * 3600.0
+    backoff_base: float = 1.0
+    backoff_max: float = 300.0
+    concurrency: int = 4
+    request_timeout: float = 10.0
+    metrics_port: int = 6067
+    api_urls: Mapping[str, str] = field(default_factory=dict)
+    rate_limits: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> PollerConfig:
+        d = cls()
+        api_urls: dict[str, str] = {}
+        rate_limits: dict[str, int] = {}
+        for name in list(env):
+            if match := _POLL_API_URL.fullmatch(name):
+                url = (env.get(name) or "").strip()
+                if not url:
+                    continue
+                if not url.startswith(("http://", "https://")):
+                    raise ConfigError(f"{name} must be an http(s) URL")
+                api_urls[_provider_of(match.group(1))] = url
+            elif match := _POLL_RATE_LIMIT.fullmatch(name):
+                limit = _int(env, name, 0)
+                if limit < 1:
+                    raise ConfigError(f"{name} must be at least 1 per minute")
+                rate_limits[_provider_of(match.group(1))] = limit
+        return cls(
+            interval=_positive(env, "MSGSTATUS_POLL_INTERVAL", d.interval),
+            max_age=_positive(env, "MSGSTATUS_POLL_MAX_AGE", d.max_age),
+            backoff_base=_positive(env, "MSGSTATUS_POLL_BACKOFF_BASE", d.backoff_base),
+            backoff_max=_positive(env, "MSGSTATUS_POLL_BACKOFF_MAX", d.backoff_max),
+            concurrency=_count(env, "MSGSTATUS_POLL_CONCURRENCY", d.concurrency, least=1),
+            request_timeout=_positive(env, "MSGSTATUS_POLL_TIMEOUT", d.request_timeout),
+            metrics_port=_count(env, "MSGSTATUS_POLLER_METRICS_PORT", d.metrics_port, least=0),
+            api_urls=api_urls,
+            rate_limits=rate_limits,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PollerConfig:
+        return settings.poller
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderOptions:
+    """Provider settings that are not credentials (docs/configuration.md)."""
+
+    # SES via SNS: GET a verified SubscriptionConfirmation's SubscribeURL
+    ses_auto_confirm: bool = True
+    # a pinned SNS signing certificate (URL and PEM) instead of fetching it from SNS
+    ses_signing_cert_url: str | None = None
+    ses_signing_cert_pem: str | None = None
+    # Vonage SMS API `sig`: md5hash, md5, sha1, sha256 or sha512
+    vonage_signature_method: str = "sha256"
+    # seconds a signed time may be old (None: the provider module's default)
+    vonage_messages_max_age: float | None = None
+    bird_max_age: float | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ProviderOptions:
+        d = cls()
+        return cls(
+            ses_auto_confirm=_bool(env, "MSGSTATUS_SES_AUTO_CONFIRM", d.ses_auto_confirm),
+            ses_signing_cert_url=(env.get("MSGSTATUS_SES_SIGNING_CERT_URL") or "").strip() or None,
+            ses_signing_cert_pem=(env.get("MSGSTATUS_SES_SIGNING_CERT_PEM") or "").strip() or None,
+            vonage_signature_method=_choice(
+                env, "MSGSTATUS_VONAGE_SIGNATURE_METHOD", d.vonage_signature_method, SIG_METHODS
+            ),
+            vonage_messages_max_age=_seconds(env, "MSGSTATUS_VONAGE_MESSAGES_MAX_AGE"),
+            bird_max_age=_seconds(env, "MSGSTATUS_BIRD_MAX_AGE"),
+        )
+
+
+SIG_METHODS = ("md5hash", "md5", "sha1", "sha256", "sha512")
+
+
+def _seconds(env: Mapping[str, str], name: str) -> float | None:
+    """An optional non-negative number of seconds (None when unset)."""
+    if not (env.get(name) or "").strip():
+        return None
+    value = _float(env, name, 0.0)
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{name} must be a number of seconds, got {env.get(name)!r}")
+    return value
+
+
+def _ask_providers(env: Mapping[str, str], poller: PollerConfig) -> frozenset[str]:
+    """MSGSTATUS_DELIVERY_UNKNOWN_ASK, else every provider whose poller is configured
+    (the registry checks that each can be polled: processors/providers/__init__.py)."""
     raw = env.get("MSGSTATUS_DELIVERY_UNKNOWN_ASK")
     if raw is None:
-        return frozenset(p for p in POLLABLE if env.get(f"MSGSTATUS_{p.upper()}_API_URL"))
-    names = frozenset(part.strip() for part in raw.split(",") if part.strip())
-    unknown = names - set(POLLABLE)
-    if unknown:
-        raise ConfigError(
-            f"MSGSTATUS_DELIVERY_UNKNOWN_ASK: {', '.join(sorted(unknown))} cannot be polled "
-            f"(pollable: {', '.join(POLLABLE)})"
-        )
-    return names
+        return frozenset(poller.api_urls)
+    return frozenset(part.strip() for part in raw.split(",") if part.strip())
+
+
+class _Reads(Mapping[str, str]):
+    """The environment, remembering the names the typed settings read: every other
+    MSGSTATUS_* value is a provider credential (Settings.secrets)."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self.read: set[str] = set()
+
+    def __getitem__(self, name: str) -> str:
+        self.read.add(name)
+        return self._env[name]
+
+    def __contains__(self, name: object) -> bool:
+        if isinstance(name, str):
+            self.read.add(name)
+        return name in self._env
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._env)
+
+    def __len__(self) -> int:
+        return len(self._env)
 
 
 def _check_deadlines(settings: Settings) -> None:
@@ -271,7 +404,7 @@ class Settings:
     # load, a few % of a core more per idle worker (docs/benchmarks-notes.md).
     fetch_max_wait_ms: int = 20
     # aiokafka batch size of the worker's producers: records of one partition sent together.
-    # A table unit larger than this still travels as one batch of its own (writers.py).
+    # A table unit larger than this still travels as one batch of its own (kafka/writer.py).
     producer_batch_bytes: int = 512 * 1024
     # Bearer token of the query API (GET /v1/messages): read only.
     api_token: str | None = None
@@ -290,10 +423,13 @@ class Settings:
     consumer_lag_interval: float = 15.0
     app_id: str = "msgstatus"
     produce_timeout: float = 5.0
+    # `msgstatus poller`, and the provider settings that are not credentials
+    poller: PollerConfig = field(default_factory=PollerConfig)
+    provider_options: ProviderOptions = field(default_factory=ProviderOptions)
     # The gateway's event loop (processors/eventloop.py): "uvloop" or "asyncio".
     gateway_event_loop: str = "asyncio"
     log_level: str = "WARNING"
-    # Kafka transport security (processors/kafka_client.py builds every client from these).
+    # Kafka transport security (processors/kafka/client.py builds every client from these).
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str = "PLAIN"
     kafka_sasl_username: str | None = None
@@ -323,6 +459,8 @@ class Settings:
     # Bytes of recently used message states each table of the Redis state backend keeps
     # in the worker's memory (a known state needs no read from Redis).
     redis_cache_bytes: int = 64 * 1024 * 1024
+    # Provider credentials: every MSGSTATUS_* value that is not a typed setting above
+    # (`TWILIO_AUTH_TOKEN`, ...; account identifiers bound to them too: `TWILIO_ACCOUNT_SID`).
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     # provider name -> its `[[providers.<name>.accounts]]` from the MSGSTATUS_CONFIG file
     accounts: Mapping[str, tuple[Account, ...]] = field(default_factory=dict)
@@ -363,19 +501,28 @@ class Settings:
                 values.append(value)
         return values
 
+    def poll_api_url(self, provider: str) -> str | None:
+        """The provider's status API (MSGSTATUS_<P>_API_URL, else the first account's
+        `api_url` from the config file)."""
+        found = self.poller.api_urls.get(provider)
+        accounts = self.accounts.get(provider, ())
+        return found or next((a["api_url"] for a in accounts if "api_url" in a), None)
+
     def provider_accounts(self, provider: str) -> tuple[Account, ...]:
         """The provider's accounts from the config file (empty without a file)."""
         return tuple(self.accounts.get(provider, ()))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
+        given = os.environ if env is None else env
+        env = reads = _Reads(given)
         d = cls()
         backend = env.get("MSGSTATUS_STATE_BACKEND", "rocksdb")
         if backend not in ("rocksdb", "redis"):
             raise ConfigError(f"MSGSTATUS_STATE_BACKEND must be rocksdb or redis, got {backend!r}")
         config_path = env.get("MSGSTATUS_CONFIG") or None
-        secrets = _secrets(env)
+        secrets = _secrets(given)
+        poller = PollerConfig.from_env(env)
         settings = cls(
             kafka_bootstrap=env.get("MSGSTATUS_KAFKA_BOOTSTRAP", d.kafka_bootstrap),
             topic_prefix=env.get("MSGSTATUS_TOPIC_PREFIX", ""),
@@ -399,7 +546,7 @@ class Settings:
             delivery_unknown_grace=_float(
                 env, "MSGSTATUS_DELIVERY_UNKNOWN_GRACE", d.delivery_unknown_grace
             ),
-            delivery_unknown_ask=_ask_providers(env),
+            delivery_unknown_ask=_ask_providers(env, poller),
             watermark_interval=_float(env, "MSGSTATUS_WATERMARK_INTERVAL", d.watermark_interval),
             delivery_unknown_ask_timeout=_float(
                 env, "MSGSTATUS_DELIVERY_UNKNOWN_ASK_TIMEOUT", d.delivery_unknown_ask_timeout
@@ -424,6 +571,8 @@ class Settings:
             ),
             app_id=env.get("MSGSTATUS_APP_ID", d.app_id),
             produce_timeout=_float(env, "MSGSTATUS_PRODUCE_TIMEOUT", d.produce_timeout),
+            poller=poller,
+            provider_options=ProviderOptions.from_env(env),
             gateway_event_loop=_choice(
                 env, "MSGSTATUS_GATEWAY_EVENT_LOOP", d.gateway_event_loop, EVENT_LOOPS
             ),
@@ -458,7 +607,7 @@ class Settings:
             redis_timeout=_float(env, "MSGSTATUS_REDIS_TIMEOUT", d.redis_timeout),
             redis_cache_bytes=_int(env, "MSGSTATUS_REDIS_CACHE_MB", d.redis_cache_bytes >> 20)
             << 20,
-            secrets=secrets,
+            secrets={k: v for k, v in secrets.items() if f"MSGSTATUS_{k}" not in reads.read},
             accounts=load_accounts(config_path) if config_path else {},
             config_path=config_path,
         )

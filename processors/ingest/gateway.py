@@ -14,6 +14,7 @@ an unexpected exception becomes a JSON answer and one log line, never a tracebac
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -27,9 +28,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 
 from processors import dependencies, providers
 from processors.config import Settings
-from processors.ingest import raw
 from processors.ingest.producer import MAX_REQUEST_BYTES, KafkaUnavailable, RawSink
-from processors.providers import limits, query_string, replay, ses
+from processors.kafka import raw
+from processors.kafka.topics import raw_topic
+from processors.providers import limits, query_string, replay
 from processors.providers.base import (
     FramingError,
     Provider,
@@ -39,7 +41,6 @@ from processors.providers.base import (
     constant_time_equal,
 )
 from processors.store.readmodel import ReadModel, ReadModelUnavailable
-from processors.topics import raw_topic
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,6 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 RETRY_AFTER_SECONDS = "5"
-# Providers whose callbacks are one small form (or object) each: their own, smaller body
-# limit bounds what an unsigned request costs before its signature is checked (a 1 MiB
-# form with a wrong signature cost Plivo 184 ms of parsing and hashing).
-SMALL_BODY_BYTES = 65_536
-SMALL_BODY_PROVIDERS = frozenset({"twilio", "plivo", "vonage", "smpp"})
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded"})
 LINGERING_SECONDS = 2.0
 
@@ -261,12 +257,14 @@ class Gateway:
     def body_limit(self, name: str, provider: Provider) -> int:
         """The largest body `name` accepts: MSGSTATUS_MAX_BODY_BYTES, capped so that the
         raw record (body + envelope) fits the producer's request limit, and smaller for
-        providers whose callbacks are small."""
+        providers that declare a MAX_BODY_BYTES: those whose callbacks are one small form
+        each, so an unsigned request costs little before its signature is checked (a 1 MiB
+        form with a wrong signature cost Plivo 184 ms of parsing and hashing)."""
         limit = self._limits.get(name)
         if limit is None:
             ceiling = raw.body_ceiling(provider.SIGNATURE_HEADERS, MAX_REQUEST_BYTES)
-            small = SMALL_BODY_BYTES if name in SMALL_BODY_PROVIDERS else math.inf
-            limit = self._limits[name] = int(min(self.settings.max_body_bytes, ceiling, small))
+            own = getattr(provider, "MAX_BODY_BYTES", math.inf)
+            limit = self._limits[name] = int(min(self.settings.max_body_bytes, ceiling, own))
         return limit
 
     def general_body_limit(self) -> int:
@@ -282,11 +280,14 @@ class Gateway:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
-        app.router.add_get("/webhooks/meta", self.meta_handshake)
         app.router.add_post("/webhooks/{provider}", self.webhook)
-        # receipts sent as a query string, for providers whose HTTP_METHODS include GET
+        # receipts sent as a query string, for providers whose HTTP_METHODS include GET;
+        # a subscription handshake, for providers that declare one
         app.router.add_get("/webhooks/{provider}", self.webhook, allow_head=False)
-        app.router.add_post("/v1/events", self.events)
+        for name, provider in providers.REGISTRY.items():  # e.g. POST /v1/events
+            endpoint = getattr(provider, "ENDPOINT", None)
+            if endpoint is not None:
+                app.router.add_post(endpoint, functools.partial(self._ingest_as, name))
         app.router.add_get("/v1/messages/{message_key}", self.message)
         return app
 
@@ -317,20 +318,26 @@ class Gateway:
             probes[dependencies.REDIS] = self.read_model.ping
         return probes
 
-    async def meta_handshake(self, request: web.Request) -> web.Response:
-        meta = providers.get("meta")
-        if meta is None or not meta.enabled(self.settings):
-            return not_found("meta")
-        challenge = meta.handshake(request.query, self.settings)
+    async def webhook(self, request: web.Request) -> web.Response:
+        name = request.match_info["provider"]
+        if request.method == "GET":
+            provider = providers.get(name)
+            if provider is not None and hasattr(provider, "handshake"):
+                return self._handshake(name, provider, request)
+        return await self._ingest(request, name)
+
+    def _handshake(self, name: str, provider: Provider, request: web.Request) -> web.Response:
+        """A provider's subscription handshake (Meta's `hub.challenge`): nothing stored."""
+        if not self._is_enabled(name, provider):
+            return not_found(name)
+        challenge = provider.handshake(request.query, self.settings)  # type: ignore[attr-defined]
         if challenge is None:
-            return error(403, "hub.verify_token does not match")
+            refused = getattr(provider, "HANDSHAKE_REFUSED", "verification handshake refused")
+            return error(403, refused)
         return web.Response(text=challenge)
 
-    async def webhook(self, request: web.Request) -> web.Response:
-        return await self._ingest(request, request.match_info["provider"])
-
-    async def events(self, request: web.Request) -> web.Response:
-        return await self._ingest(request, "events")
+    async def _ingest_as(self, name: str, request: web.Request) -> web.Response:
+        return await self._ingest(request, name)
 
     async def _ingest(self, request: web.Request, name: str) -> web.Response:
         started = time.perf_counter()
@@ -424,11 +431,9 @@ class Gateway:
             raise
         if claim is not None:
             self._seen[name].stored(claim)
-        # SES via SNS: a verified, stored SubscriptionConfirmation is confirmed by a GET of
-        # its SubscribeURL (allow-listed SNS hosts only, 5 s timeout), scheduled in the
-        # background so the answer is not delayed; MSGSTATUS_SES_AUTO_CONFIRM=0 disables it.
-        if name == ses.NAME:
-            ses.schedule_confirmation(webhook, settings)
+        after_stored = getattr(provider, "after_stored", None)
+        if after_stored is not None:  # e.g. SES: confirm an SNS subscription, in the background
+            after_stored(webhook, settings)
         return accepted(provider)
 
     async def _payload(

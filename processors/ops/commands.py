@@ -16,7 +16,7 @@ import orjson
 from processors import providers
 from processors.config import Settings
 from processors.ops import rebuild, redrive, replay
-from processors.ops.kafka import OpsError
+from processors.ops.kafka import FAILURES
 
 
 def add_parsers(sub: Any) -> None:
@@ -75,7 +75,7 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
         return _fail(str(exc), 2)
     try:
         summary = asyncio.run(replay.replay(settings, chosen, args.dry_run))
-    except OpsError as exc:
+    except FAILURES as exc:
         return _fail(str(exc), 1)
     _print(summary.to_dict())
     return 0
@@ -86,7 +86,7 @@ def cmd_redrive(settings: Settings, args: argparse.Namespace) -> int:
         return _fail("--list prints every dead letter; it takes no --id", 2)
     try:
         letters = asyncio.run(redrive.read_letters(settings))
-    except OpsError as exc:
+    except FAILURES as exc:
         return _fail(str(exc), 1)
     if args.list:
         for letter in letters:
@@ -108,7 +108,7 @@ def cmd_redrive(settings: Settings, args: argparse.Namespace) -> int:
     if not args.dry_run and chosen.sources:
         try:
             result.update(asyncio.run(redrive.refeed(settings, chosen.sources)))
-        except OpsError as exc:
+        except FAILURES as exc:
             return _fail(str(exc), 1)
     _print(result)
     if result.get("gone"):
@@ -130,7 +130,7 @@ def cmd_rebuild(settings: Settings, args: argparse.Namespace) -> int:
         return _fail(str(exc), 2)
     try:
         summary = rebuild.main(settings, req)
-    except OpsError as exc:
+    except FAILURES as exc:
         return _fail(str(exc), 1)
     _print(summary)
     return 0

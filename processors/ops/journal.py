@@ -25,15 +25,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from processors import kafka_client
 from processors.config import Settings
+from processors.kafka import client as kafka_client
+from processors.kafka.topics import REBUILDS
 
-TOPIC = "status.rebuilds"
 BUILDING, SWITCHING, DONE, FAILED = "building", "switching", "done", "failed"
 
 
 def topic(settings: Settings) -> str:
-    return settings.topic(TOPIC)
+    return settings.topic(REBUILDS)
 
 
 async def read(settings: Settings, timeout: float = 30.0) -> dict[int, dict[str, Any]]:

@@ -16,16 +16,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import Gauge
 
-from processors import kafka_client, providers
+from processors import providers
 from processors.config import Settings
-from processors.topics import CANONICAL, CONVERSATIONS, STATUS, TRANSITIONS, raw_topic
+from processors.kafka import client as kafka_client
+from processors.kafka import offsets
+from processors.kafka.topics import CANONICAL, CONVERSATIONS, STATUS, TRANSITIONS, raw_topic
 
 log = logging.getLogger(__name__)
 
@@ -109,27 +111,19 @@ class LagExporter:
         if admin is not None:
             await admin.close()
 
-    async def _partitions(self, consumer: AIOKafkaConsumer, topics: Iterable[str]) -> list:
-        await consumer._client.force_metadata_update()
-        return [
-            TopicPartition(topic, p)
-            for topic in topics
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-
     async def refresh(self) -> dict[tuple[str, str, int], int]:
         """Read every group's lag once and set the gauge; returns what was set."""
         admin, consumer = await self._clients()
         found: dict[tuple[str, str, int], int] = {}
         for group in self.groups:
-            tps = await self._partitions(consumer, group.topics)
+            tps = await offsets.partitions(consumer, group.topics, required=False)
             if not tps:
                 continue
             committed = await admin.list_consumer_group_offsets(group.group_id, partitions=tps)
             ends = await consumer.end_offsets(tps)
             starts = await consumer.beginning_offsets(tps)
-            offsets = {tp: meta.offset for tp, meta in committed.items()}
-            for tp, value in lag(ends, starts, offsets).items():
+            done = {tp: meta.offset for tp, meta in committed.items()}
+            for tp, value in lag(ends, starts, done).items():
                 found[(group.group_id, tp.topic, tp.partition)] = value
         exported = set()
         for (group_id, topic, partition), value in found.items():

@@ -36,6 +36,17 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from processors import providers
 from processors.config import Settings
+from processors.kafka.topics import (
+    CANONICAL,
+    CONVERSATIONS,
+    MAX_MESSAGE_BYTES,
+    STATUS,
+    TABLES,
+    TRANSITIONS,
+    all_topics,
+    changelog_topic,
+    ensure_topics,
+)
 from processors.ops import journal
 from processors.ops.kafka import OpsError, connect
 from processors.ops.progress import Progress, say
@@ -52,14 +63,6 @@ from processors.ops.switch import (
     horizon,
 )
 from processors.store.readmodel import ReadModel
-from processors.topics import (
-    MAX_MESSAGE_BYTES,
-    STATUS,
-    TABLES,
-    all_topics,
-    changelog_topic,
-    ensure_topics,
-)
 
 PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 LIVE_SETTLE = 60.0  # seconds a dry run waits for running live workers to catch up
@@ -164,7 +167,7 @@ async def _settle_live(admin: Admin, settings: Settings) -> None:
     if not (await admin.members([group])).get(group):
         return
     deadline = time.monotonic() + LIVE_SETTLE
-    for name in ("status.conversations", "status.canonical", "status.transitions"):
+    for name in (CONVERSATIONS, CANONICAL, TRANSITIONS):
         tps = await admin.partitions([settings.topic(name)])
         targets = await admin.ends(tps)
         starts = await admin.starts(tps)

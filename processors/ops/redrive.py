@@ -18,9 +18,10 @@ import orjson
 from aiokafka import TopicPartition
 
 from processors.config import Settings
-from processors.ops.kafka import OpsError, append, connect, partitions, read_range
+from processors.kafka.offsets import copy, partitions, read_range
+from processors.kafka.topics import DEADLETTER
+from processors.ops.kafka import OpsError, connect
 from processors.ops.progress import Progress
-from processors.topics import DEADLETTER
 
 
 def source_of(letter: dict[str, Any]) -> tuple[TopicPartition, int] | None:
@@ -106,7 +107,7 @@ async def refeed(settings: Settings, sources: dict[TopicPartition, set[int]]) ->
                     gone.append(f"{tp.topic}:{tp.partition}:{offset}")
                     continue
                 async for record in read_range(consumer, {tp: offset}, {tp: offset + 1}):
-                    pending.append(await append(producer, record))
+                    pending.append(await copy(producer, record))
                     copied += 1
         await asyncio.gather(*pending)
         progress.finish(f"done: {copied:,} re-fed, {len(gone):,} gone")

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from processors.config import Settings
-from processors.ops.kafka import OpsError, append, connect, partitions, read_range
+from processors.kafka.offsets import copy, partitions, read_range
+from processors.kafka.topics import raw_topic
+from processors.ops.kafka import OpsError, connect
 from processors.ops.progress import Progress
-from processors.topics import raw_topic
 
 
 class UsageError(ValueError):
@@ -120,7 +121,7 @@ async def replay(settings: Settings, chosen: Selection, dry_run: bool) -> Summar
                 continue
             summary.topics[record.topic] += 1
             if producer is not None:
-                pending.append(await append(producer, record))
+                pending.append(await copy(producer, record))
                 if len(pending) >= 5000:
                     await asyncio.gather(*pending)
                     pending.clear()

@@ -29,11 +29,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.admin import DeleteGroupsRequest, DescribeGroupsRequest
 
-from processors import kafka_client, providers
+from processors import providers
 from processors.config import Settings
+from processors.kafka import client as kafka_client
+from processors.kafka import offsets
+from processors.kafka.topics import CANONICAL, CONVERSATIONS, TRANSITIONS, raw_topic
 from processors.ops.kafka import OpsError
 from processors.ops.progress import Progress
-from processors.topics import CANONICAL, CONVERSATIONS, TRANSITIONS, raw_topic
 
 STALL = 600.0  # seconds without progress before the shadow is declared stuck
 POLL = 0.5
@@ -79,14 +81,7 @@ class Admin:
         await self.admin.close()
 
     async def partitions(self, topics: list[str], required: bool = True) -> list[TopicPartition]:
-        await self.consumer._client.force_metadata_update()
-        out = []
-        for name in topics:
-            parts = self.consumer.partitions_for_topic(name)
-            if not parts and required:
-                raise OpsError(f"topic {name!r} does not exist")
-            out += [TopicPartition(name, p) for p in sorted(parts or ())]
-        return out
+        return await offsets.partitions(self.consumer, topics, required)
 
     async def ends(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         return await self.consumer.end_offsets(tps) if tps else {}

@@ -36,12 +36,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from processors.config import Settings
+from processors.kafka.offsets import read_range
+from processors.kafka.topics import STATUS, changelog_topic
 from processors.ops import corrections as c
-from processors.ops.kafka import read_range
 from processors.ops.progress import Progress
 from processors.store.readmodel import ReadModel, ReadModelUnavailable
 from processors.stream import faults
-from processors.topics import STATUS, changelog_topic
 
 log = logging.getLogger(__name__)
 

@@ -21,15 +21,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from processors.config import Settings
 from processors.model import CanonicalEvent, ErrorInfo, is_failure
-from processors.providers import common, query_string
+from processors.providers import auth, common, query_string
 from processors.providers.base import DeadItem, FramingError, ParseResult, WebhookRequest
+from processors.providers.coverage import DR, QUERY_TOKEN, Coverage
 
 NAME = "africastalking"
 CONTENT_TYPES: tuple[str, ...] = ("application/x-www-form-urlencoded", "application/json")
 FRAMING = "form"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # a shared token: never kept
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(channels=("sms",), signature=QUERY_TOKEN, receipts={"sms": DR})
 QUERY_CREDENTIALS: tuple[str, ...] = (query_string.TOKEN_PARAM,)
 SECRET = "AFRICASTALKING_TOKEN"
 
@@ -62,19 +64,9 @@ ERROR_CODES: dict[str, tuple[str, str]] = dict(
 )
 
 
-def enabled(settings: Settings) -> bool:
-    return settings.secret(SECRET) is not None
-
-
-def verify(request: WebhookRequest, settings: Settings) -> None:
-    """The shared token (`?token=`, `token` header or Bearer) must be ours."""
-    query_string.verify_shared_token(request, settings, SECRET, NAME)
-
-
-def sign(url: str, token: str) -> str:
-    """The callback URL to set in the dashboard for `url` (tests and the demo sender)."""
-    separator = "&" if "?" in url else "?"
-    return f"{url}{separator}{query_string.TOKEN_PARAM}={token}"
+# The shared token: `?token=` in the callback URL, a `token` header or Bearer.
+AUTH = auth.QueryToken(NAME, SECRET)
+enabled, verify, sign = AUTH.exports()
 
 
 # --- parsing ----------------------------------------------------------------------------

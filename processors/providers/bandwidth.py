@@ -13,26 +13,24 @@ service failures, 9xxx ambiguous).
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
 from typing import Any
 
-from processors.config import Settings
 from processors.model import CanonicalEvent, ErrorInfo
-from processors.providers import common
+from processors.providers import auth, common
 from processors.providers.base import (
     DeadItem,
-    FramingError,
     ParseResult,
-    SignatureError,
     WebhookRequest,
 )
+from processors.providers.coverage import BASIC, DR, Coverage
 
 NAME = "bandwidth"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # Basic credentials are secrets: never kept
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(channels=("sms", "mms"), signature=BASIC, receipts={"sms": DR, "mms": DR})
 USER = "BANDWIDTH_USER"
 PASSWORD = "BANDWIDTH_PASSWORD"
 
@@ -142,54 +140,11 @@ ERROR_RANGES: dict[str, tuple[str, str]] = dict(
 MMS_TYPES = frozenset({"message-sending"})  # Bandwidth sends `message-sending` for MMS only
 
 
-def enabled(settings: Settings) -> bool:
-    return settings.secret(USER) is not None and settings.secret(PASSWORD) is not None
-
-
 # --- authentication -------------------------------------------------------------------
 
-
-def calculate_signature(user: str, password: str) -> str:
-    """The `Authorization` header value: `Basic base64(user:password)`."""
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
-def basic_credentials(request: WebhookRequest) -> bytes | None:
-    """The decoded `user:password` of an `Authorization: Basic` header, or None."""
-    auth = (request.header("authorization") or "").strip()
-    scheme, _, credential = auth.partition(" ")
-    if scheme.lower() != "basic" or not credential.strip():
-        return None
-    try:
-        return base64.b64decode(credential.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        return None
-
-
-def check_basic(request: WebhookRequest, user: str, password: str, name: str) -> None:
-    """SignatureError unless the request carries exactly these Basic credentials."""
-    given = basic_credentials(request)
-    if given is None:
-        raise SignatureError(f"missing or malformed `Authorization: Basic` header ({name})")
-    if not common.any_equal([f"{user}:{password}"], given.decode("utf-8", "replace")):
-        raise SignatureError(f"{name} Basic credentials do not match")
-
-
-def verify(request: WebhookRequest, settings: Settings) -> None:
-    """HTTP Basic credentials must equal MSGSTATUS_BANDWIDTH_USER / _PASSWORD."""
-    user, password = settings.secret(USER), settings.secret(PASSWORD)
-    if user is None or password is None:
-        raise SignatureError(
-            "bandwidth is not configured (MSGSTATUS_BANDWIDTH_USER / _PASSWORD unset)"
-        )
-    check_basic(request, user, password, "Bandwidth")
-
-
-def sign(url: str, body: bytes, user: str, password: str) -> dict[str, str]:
-    """Headers a Bandwidth callback would carry (tests and the demo sender use it)."""
-    del url, body
-    auth = calculate_signature(user, password)
-    return {"content-type": "application/json", "authorization": auth}
+# HTTP Basic credentials equal to MSGSTATUS_BANDWIDTH_USER / _PASSWORD.
+AUTH = auth.BasicAuth(NAME, USER, PASSWORD, "Bandwidth")
+enabled, verify, calculate_signature, sign = AUTH.exports()
 
 
 # --- parsing ----------------------------------------------------------------------------
@@ -223,12 +178,8 @@ def _one(result: ParseResult, item: Any, request: WebhookRequest) -> None:
     if word is None:
         result.dead.append(DeadItem("callback without a type", item))
         return
-    status = STATUSES.lookup(word)
+    status = STATUSES.resolve(word, result, item, f"unknown bandwidth callback type {word!r}")
     if status is None:
-        if STATUSES.is_ignored(word):
-            result.ignored += 1
-        else:
-            result.dead.append(DeadItem(f"unknown bandwidth callback type {word!r}", item))
         return
     message = common.mapping(obj.get("message"))
     message_id = common.text(message.get("id"), max_len=256)
@@ -252,16 +203,5 @@ def _one(result: ParseResult, item: Any, request: WebhookRequest) -> None:
     )
 
 
-@common.guarded
-def parse(request: WebhookRequest) -> ParseResult:
-    """The callback array (a single object is accepted too); FramingError otherwise."""
-    data = common.load_json(request.body)
-    if isinstance(data, dict):
-        batch: list[Any] = [data]
-    elif isinstance(data, list):
-        batch = data
-    else:
-        raise FramingError("body must be a JSON array of Bandwidth callbacks")
-    result = ParseResult()
-    common.each(result, batch, lambda item: _one(result, item, request))
-    return result
+# The callback array (a single object is accepted too); FramingError otherwise.
+parse = common.object_or_array(_one, "body must be a JSON array of Bandwidth callbacks")

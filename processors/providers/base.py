@@ -9,7 +9,7 @@ topic, so a fixed mapping can be replayed over old records.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -130,6 +130,31 @@ class ParseResult:
     # Conversation-scoped facts for the conversation agent (Messenger watermarks).
     watermarks: list[Watermark] = field(default_factory=list)
     registrations: list[Registration] = field(default_factory=list)
+
+
+class Pending(Protocol):
+    """A message the poller asks about (processors/ingest/pollers/tracker.py)."""
+
+    message_id: str
+    channel: str
+    account: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Polling:
+    """A provider that can be asked about one message (`msgstatus poller`). The module
+    says how to ask and how to read a refusal; the poller does the rest, and writes each
+    answer to the provider's raw topic for its own parse() (marked as polled)."""
+
+    # (base URL, API token, message) -> (URL, headers) of the status request
+    request: Callable[[str, str, Pending], tuple[str, dict[str, str]]]
+    # the provider's own words in an error answer, or None
+    error_message: Callable[[bytes], str | None]
+    channels: frozenset[str]  # channels it can be asked about
+    rate_limit: int  # requests per minute unless MSGSTATUS_<P>_RATE_LIMIT says otherwise
+    default_channel: str | None = None  # for a message whose channel is `api` or unset
+    needs_account: bool = False  # asked per account: no account, no poll
+    jitter: tuple[float, float] = (0.8, 1.2)  # poll interval multiplier range
 
 
 class Provider(Protocol):

@@ -56,6 +56,7 @@ from processors.providers.base import (
     WebhookRequest,
     constant_time_equal,
 )
+from processors.providers.coverage import DR, DRR, Coverage
 from processors.providers.freshness import require_fresh
 
 NAME = "bird"
@@ -65,10 +66,26 @@ SIGNATURE_HEADER = "messagebird-signature"
 TIMESTAMP_HEADER = "messagebird-request-timestamp"
 LEGACY_HEADER = "messagebird-signature-jwt"
 SIGNATURE_HEADERS: tuple[str, ...] = (SIGNATURE_HEADER, TIMESTAMP_HEADER, LEGACY_HEADER)
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("sms", "whatsapp", "email", "rcs"),
+    signature="HMAC-SHA256 of timestamp, URL, body hash (messagebird-signature); "
+    "legacy MessageBird-Signature-JWT",
+    receipts={"sms": DR, "whatsapp": DRR, "email": DRR, "rcs": DRR},
+    # interactions, inbound, and the legacy SMS status report words
+    extra_statuses=(
+        "read",
+        "clicked",
+        "complained",
+        "unsubscribed",
+        "received",
+        "scheduled",
+        "expired",
+    ),
+)
 HTTP_METHODS: tuple[str, ...] = ("POST", "GET")  # legacy SMS status reports are GETs
 SECRET = "BIRD_SIGNING_KEY"
 LEGACY_SECRET = "BIRD_LEGACY_SIGNING_KEY"
-MAX_AGE = "BIRD_MAX_AGE"
 LEGACY_ISSUER = "MessageBird"
 LEEWAY = 1.0
 
@@ -204,15 +221,10 @@ DEFAULT_MAX_AGE = 32_400.0
 
 
 def _window(settings: Settings) -> float:
-    raw = settings.secret(MAX_AGE)
-    if raw is None:
+    """MSGSTATUS_BIRD_MAX_AGE seconds when set, else at least DEFAULT_MAX_AGE."""
+    window = settings.provider_options.bird_max_age
+    if window is None:
         return max(settings.replay_window, DEFAULT_MAX_AGE)
-    try:
-        window = float(raw)
-    except ValueError:
-        window = -1.0
-    if not window >= 0:
-        raise SignatureError(f"MSGSTATUS_{MAX_AGE} must be a number of seconds, not {raw!r}")
     return window
 
 
@@ -397,12 +409,10 @@ def _channels(result: ParseResult, request: WebhookRequest, doc: Mapping[str, An
         _simple(result, request, event, payload, message_id, "received", event)
     elif direction == "interaction":
         kind = common.text(payload.get("type"), max_len=64) or ""
-        status = INTERACTIONS.lookup(kind)
+        status = INTERACTIONS.resolve(
+            kind, result, payload, f"unknown bird interaction {kind[:64]!r}"
+        )
         if status is None:
-            if INTERACTIONS.is_ignored(kind):
-                result.ignored += 1
-            else:
-                result.dead.append(DeadItem(f"unknown bird interaction {kind[:64]!r}", payload))
             return
         message_id = common.text(payload.get("messageId"), max_len=128)
         _simple(result, request, event, payload, message_id, status, kind.lower())

@@ -27,15 +27,22 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from processors.config import Settings
 from processors.model import CanonicalEvent, ErrorInfo
-from processors.providers import common, query_string
-from processors.providers.base import DeadItem, FramingError, ParseResult, WebhookRequest
+from processors.providers import auth, common, query_string
+from processors.providers.base import DeadItem, ParseResult, WebhookRequest
+from processors.providers.coverage import DR, DRR, QUERY_TOKEN, Coverage
 
 NAME = "brevo"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # a shared token: never kept
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("email", "sms"),
+    signature=QUERY_TOKEN,
+    receipts={"email": DRR, "sms": DR},
+    extra_statuses=("replied",),  # SMS replies
+)
 QUERY_CREDENTIALS: tuple[str, ...] = (query_string.TOKEN_PARAM,)
 SECRET = "BREVO_TOKEN"
 
@@ -96,13 +103,9 @@ SMS_ERRORS: dict[str, tuple[str, str]] = dict(
 _NOT_LETTERS = re.compile(r"[^a-z]")
 
 
-def enabled(settings: Settings) -> bool:
-    return settings.secret(SECRET) is not None
-
-
-def verify(request: WebhookRequest, settings: Settings) -> None:
-    """The shared token (Bearer, `token` header or `?token=`) must be MSGSTATUS_BREVO_TOKEN."""
-    query_string.verify_shared_token(request, settings, SECRET, NAME)
+# The shared token (Bearer, `token` header or `?token=`) must be MSGSTATUS_BREVO_TOKEN.
+AUTH = auth.QueryToken(NAME, SECRET)
+enabled, verify, _ = AUTH.exports()
 
 
 def sign(body: bytes, token: str) -> dict[str, str]:
@@ -122,12 +125,8 @@ def normalized(word: str) -> str:
 def _email(result: ParseResult, request: WebhookRequest, item: Mapping[str, Any]) -> None:
     word = common.text(item.get("event"), max_len=64) or ""
     key = normalized(word)
-    status = STATUSES.lookup(key)
+    status = STATUSES.resolve(key, result, dict(item), f"unknown brevo email event {word[:64]!r}")
     if status is None:
-        if STATUSES.is_ignored(key):
-            result.ignored += 1
-        else:
-            result.dead.append(DeadItem(f"unknown brevo email event {word[:64]!r}", dict(item)))
         return
     message_id = (common.text(item.get("message-id"), max_len=512) or "").strip("<> ")
     if not message_id:
@@ -158,12 +157,10 @@ def _email(result: ParseResult, request: WebhookRequest, item: Mapping[str, Any]
 def _sms(result: ParseResult, request: WebhookRequest, item: Mapping[str, Any]) -> None:
     word = common.text(item.get("msg_status"), max_len=64) or ""
     key = normalized(word)
-    status = SMS_STATUSES.lookup(key)
+    status = SMS_STATUSES.resolve(
+        key, result, dict(item), f"unknown brevo SMS status {word[:64]!r}"
+    )
     if status is None:
-        if SMS_STATUSES.is_ignored(key):
-            result.ignored += 1
-        else:
-            result.dead.append(DeadItem(f"unknown brevo SMS status {word[:64]!r}", dict(item)))
         return
     message_id = common.text(item.get("messageId"), max_len=128)
     if message_id is None:
@@ -189,7 +186,7 @@ def _sms(result: ParseResult, request: WebhookRequest, item: Mapping[str, Any]) 
     )
 
 
-def _one(result: ParseResult, request: WebhookRequest, item: Any) -> None:
+def _one(result: ParseResult, item: Any, request: WebhookRequest) -> None:
     obj = common.mapping(item)
     if "msg_status" in obj:
         _sms(result, request, obj)
@@ -199,14 +196,5 @@ def _one(result: ParseResult, request: WebhookRequest, item: Any) -> None:
         result.dead.append(DeadItem("brevo item with neither `event` nor `msg_status`", item))
 
 
-@common.guarded
-def parse(request: WebhookRequest) -> ParseResult:
-    """One event object or a batch (array) of them; FramingError for anything else."""
-    data = common.load_json(request.body)
-    if isinstance(data, dict):
-        data = [data]
-    if not isinstance(data, list):
-        raise FramingError("body must be a Brevo event object or an array of them")
-    result = ParseResult()
-    common.each(result, data, lambda item: _one(result, request, item))
-    return result
+# One event object or a batch (array) of them; FramingError for anything else.
+parse = common.object_or_array(_one, "body must be a Brevo event object or an array of them")

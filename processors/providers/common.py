@@ -167,6 +167,17 @@ class StatusTable:
     def is_ignored(self, word: str) -> bool:
         return self._key(word) in self.ignored
 
+    def resolve(self, word: str, result: ParseResult, item: Any, unknown: str) -> str | None:
+        """The canonical status of `word`; None once `word` is counted as ignored or
+        `item` is dead-lettered with the reason `unknown` (which should name the word)."""
+        status = self.lookup(word)
+        if status is None:
+            if self.is_ignored(word):
+                result.ignored += 1
+            else:
+                result.dead.append(DeadItem(unknown, item))
+        return status
+
 
 def check_error_table(table: Mapping[str, tuple[str, str]]) -> Mapping[str, tuple[str, str]]:
     """Fail at import when an error table names a category DESIGN.md section 6 lacks."""
@@ -219,6 +230,42 @@ def guarded(
             return ParseResult(dead=[DeadItem(f"parser error: {type(exc).__name__}")])
 
     return wrapper
+
+
+# --- the usual parse() ------------------------------------------------------------------
+
+Item = Callable[[ParseResult, Any, WebhookRequest], None]
+OBJECT_OR_ARRAY = "body must be a JSON object (or an array of them)"
+
+
+def object_or_array(
+    one: Item,
+    refusal: str = OBJECT_OR_ARRAY,
+    *,
+    single: bool = True,
+    unwrap: Callable[[Mapping[str, Any]], list[Any] | None] | None = None,
+) -> Callable[[WebhookRequest], ParseResult]:
+    """parse() of a provider whose body is a JSON array of items, or (`single`) one item
+    as an object: `one(result, item, request)` handles each item, and an exception on
+    one item dead-letters that item only; any other body is a FramingError saying
+    `refusal`. `unwrap` finds the items inside an object that wraps them (None: the
+    object is the item)."""
+
+    @guarded
+    def parse(request: WebhookRequest) -> ParseResult:
+        data = load_json(request.body)
+        if single and isinstance(data, dict):
+            listed = unwrap(data) if unwrap is not None else None
+            batch = listed if listed is not None else [data]
+        elif isinstance(data, list):
+            batch = data
+        else:
+            raise FramingError(refusal)
+        result = ParseResult()
+        each(result, batch, lambda item: one(result, item, request))
+        return result
+
+    return parse
 
 
 # --- crypto -------------------------------------------------------------------------------

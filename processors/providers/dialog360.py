@@ -33,11 +33,18 @@ from processors.providers.base import (
     bearer_or_token,
     constant_time_equal,
 )
+from processors.providers.coverage import DRR, Coverage
 
 NAME = "360dialog"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # the credential is the token itself: never kept
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("whatsapp",),
+    signature="shared token (D360-API-KEY, `token` or Bearer)",
+    receipts={"whatsapp": DRR},
+)
 SECRET = "360DIALOG_TOKEN"
 API_KEY_HEADER = "d360-api-key"
 

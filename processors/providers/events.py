@@ -31,13 +31,13 @@ from processors.model import (
 from processors.providers import common
 from processors.providers.base import (
     DeadItem,
-    FramingError,
     ParseResult,
     Registration,
     SignatureError,
     WebhookRequest,
     constant_time_equal,
 )
+from processors.providers.coverage import DRR, ORDER, Coverage
 from processors.providers.freshness import require_fresh
 from processors.providers.replay import ReplayKey, usable_key, window_ttl
 
@@ -46,6 +46,15 @@ CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 # Standard Webhooks headers carry no secret; the Bearer token does, so it is not kept.
 SIGNATURE_HEADERS: tuple[str, ...] = ("webhook-id", "webhook-timestamp", "webhook-signature")
+# Served on POST /v1/events too (DESIGN.md section 7), besides /webhooks/events.
+ENDPOINT = "/v1/events"
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("any",),
+    signature="Bearer token or Standard Webhooks (HMAC-SHA256)",
+    receipts={"api": DRR, "web": DRR},
+    statuses=tuple(s for s in ORDER if s != "delivery_unknown"),
+)
 SECRET = "EVENTS_WEBHOOK_SECRET"
 
 # Reporters speak canonical statuses already; only the emitter derives delivery_unknown.
@@ -274,27 +283,16 @@ def _registration(item: Mapping[str, Any], event: CanonicalEvent) -> Registratio
     )
 
 
-@common.guarded
-def parse(request: WebhookRequest) -> ParseResult:
-    """One object or an array of them; FramingError when the body is neither."""
-    data = common.load_json(request.body)
-    if isinstance(data, dict):
-        batch: list[Any] = [data]
-    elif isinstance(data, list):
-        batch = data
+def _one(result: ParseResult, item: Any, request: WebhookRequest) -> None:
+    outcome = _event(item, request)
+    if isinstance(outcome, str):
+        result.dead.append(DeadItem(outcome, item))
     else:
-        raise FramingError("body must be a JSON object or an array of objects")
-    result = ParseResult()
+        result.events.append(outcome)
+        registration = _registration(item, outcome)
+        if registration is not None:
+            result.registrations.append(registration)
 
-    def one(item: Any) -> None:
-        outcome = _event(item, request)
-        if isinstance(outcome, str):
-            result.dead.append(DeadItem(outcome, item))
-        else:
-            result.events.append(outcome)
-            registration = _registration(item, outcome)
-            if registration is not None:
-                result.registrations.append(registration)
 
-    common.each(result, batch, one)
-    return result
+# One object or an array of them; FramingError when the body is neither.
+parse = common.object_or_array(_one, "body must be a JSON object or an array of objects")

@@ -33,15 +33,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from processors.config import Settings
 from processors.model import CanonicalEvent, ErrorInfo, is_failure
-from processors.providers import common, meta, query_string
+from processors.providers import auth, common, meta, query_string
 from processors.providers.base import DeadItem, FramingError, ParseResult, WebhookRequest
+from processors.providers.coverage import DRR, QUERY_TOKEN, Coverage
 
 NAME = "gupshup"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # a shared token: never kept
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("whatsapp",),
+    signature=QUERY_TOKEN,
+    receipts={"whatsapp": DRR},
+    extra_statuses=("undelivered",),  # failures with a WhatsApp error code
+)
 QUERY_CREDENTIALS: tuple[str, ...] = (query_string.TOKEN_PARAM,)
 SECRET = "GUPSHUP_TOKEN"
 
@@ -87,19 +94,9 @@ ERROR_CODES: dict[str, tuple[str, str]] = dict(
 )
 
 
-def enabled(settings: Settings) -> bool:
-    return settings.secret(SECRET) is not None
-
-
-def verify(request: WebhookRequest, settings: Settings) -> None:
-    """The shared token (`?token=`, `token` header or Bearer) must be ours."""
-    query_string.verify_shared_token(request, settings, SECRET, NAME)
-
-
-def sign(url: str, token: str) -> str:
-    """The callback URL to give Gupshup for `url` (tests and the demo sender)."""
-    separator = "&" if "?" in url else "?"
-    return f"{url}{separator}{query_string.TOKEN_PARAM}={token}"
+# The shared token: `?token=` in the callback URL, a `token` header or Bearer.
+AUTH = auth.QueryToken(NAME, SECRET)
+enabled, verify, sign = AUTH.exports()
 
 
 # --- parsing ----------------------------------------------------------------------------
@@ -131,12 +128,8 @@ def _event(
     code: Any = None,
     reason: str | None = None,
 ) -> None:
-    status = STATUSES.lookup(word)
+    status = STATUSES.resolve(word, result, {"id": key}, f"unknown gupshup status {word[:64]!r}")
     if status is None:
-        if STATUSES.is_ignored(word):
-            result.ignored += 1
-        else:
-            result.dead.append(DeadItem(f"unknown gupshup status {word[:64]!r}", {"id": key}))
         return
     status, error = error_of(code, reason, status)
     result.events.append(

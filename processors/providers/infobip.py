@@ -30,24 +30,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from processors.config import Settings
 from processors.model import CanonicalEvent, ErrorInfo, is_failure
-from processors.providers import common
-from processors.providers.bandwidth import calculate_signature as basic_header
-from processors.providers.bandwidth import check_basic
+from processors.providers import auth, common
 from processors.providers.base import (
     DeadItem,
     FramingError,
     ParseResult,
-    SignatureError,
     WebhookRequest,
 )
+from processors.providers.coverage import BASIC, DR, DRR, Coverage
 from processors.providers.smpp import GSM_MAP_ERRORS
 
 NAME = "infobip"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # Basic credentials are secrets: never kept
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("sms", "mms", "whatsapp", "viber", "rcs", "messenger", "line"),
+    signature=BASIC,
+    receipts={"sms": DR, "mms": DR, "whatsapp": DRR, "viber": DR, "rcs": DRR, "messenger": DRR},
+    extra_statuses=("failed",),  # UNDELIVERABLE_NOT_SENT: never left Infobip
+)
 USER = "INFOBIP_USER"
 PASSWORD = "INFOBIP_PASSWORD"
 
@@ -123,31 +127,11 @@ CHANNELS: dict[str, str] = {
 }
 
 
-def enabled(settings: Settings) -> bool:
-    return settings.secret(USER) is not None and settings.secret(PASSWORD) is not None
-
-
 # --- authentication -------------------------------------------------------------------
 
-
-def calculate_signature(user: str, password: str) -> str:
-    """The `Authorization` header value: `Basic base64(user:password)`."""
-    return basic_header(user, password)
-
-
-def verify(request: WebhookRequest, settings: Settings) -> None:
-    """HTTP Basic credentials must equal MSGSTATUS_INFOBIP_USER / _PASSWORD."""
-    user, password = settings.secret(USER), settings.secret(PASSWORD)
-    if user is None or password is None:
-        raise SignatureError("infobip is not configured (MSGSTATUS_INFOBIP_USER / _PASSWORD unset)")
-    check_basic(request, user, password, "Infobip")
-
-
-def sign(url: str, body: bytes, user: str, password: str) -> dict[str, str]:
-    """Headers an Infobip report would carry (tests and the demo sender use it)."""
-    del url, body
-    auth = calculate_signature(user, password)
-    return {"content-type": "application/json", "authorization": auth}
+# HTTP Basic credentials equal to MSGSTATUS_INFOBIP_USER / _PASSWORD.
+AUTH = auth.BasicAuth(NAME, USER, PASSWORD, "Infobip")
+enabled, verify, calculate_signature, sign = AUTH.exports()
 
 
 # --- parsing ----------------------------------------------------------------------------

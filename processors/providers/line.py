@@ -24,11 +24,18 @@ from processors.providers.base import (
     SignatureError,
     WebhookRequest,
 )
+from processors.providers.coverage import Coverage
 
 NAME = "line"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ("x-line-signature",)
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("line",),
+    signature="HMAC-SHA256 of body, base64 (X-Line-Signature)",
+    receipts={},  # none: senders report LINE statuses through /v1/events
+)
 SECRET = "LINE_CHANNEL_SECRET"
 
 

@@ -30,6 +30,7 @@ from processors.providers.base import (
     WebhookRequest,
     constant_time_equal,
 )
+from processors.providers.coverage import DRR, Coverage
 from processors.providers.freshness import require_fresh
 from processors.providers.replay import ReplayKey, usable_key, window_ttl
 
@@ -37,6 +38,13 @@ NAME = "mailgun"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # the signature travels in the body
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("email",),
+    signature="HMAC-SHA256 of timestamp + token (in the body)",
+    receipts={"email": DRR},
+    extra_statuses=("undelivered",),
+)
 SECRET = "MAILGUN_SIGNING_KEY"
 CHANNEL = "email"
 
@@ -203,22 +211,17 @@ def parse(request: WebhookRequest) -> ParseResult:
         if severity is None:
             result.dead.append(DeadItem("mailgun failed event without severity", event_data))
             return result
-        status = SEVERITIES.lookup(severity)
+        # an ignored (temporary) failure: Mailgun retries, the outcome follows
+        status = SEVERITIES.resolve(
+            severity, result, event_data, f"unknown mailgun severity {severity!r}"
+        )
         if status is None:
-            if SEVERITIES.is_ignored(severity):
-                result.ignored += 1  # temporary: Mailgun retries, the outcome follows
-            else:
-                result.dead.append(DeadItem(f"unknown mailgun severity {severity!r}", event_data))
             return result
         provider_status = f"failed/{severity.lower()}"
         error = failure_error(event_data)
     else:
-        status = EVENTS.lookup(word)
+        status = EVENTS.resolve(word, result, event_data, f"unknown mailgun event {word!r}")
         if status is None:
-            if EVENTS.is_ignored(word):
-                result.ignored += 1
-            else:
-                result.dead.append(DeadItem(f"unknown mailgun event {word!r}", event_data))
             return result
         if key == "rejected":
             error = rejected_error(event_data)

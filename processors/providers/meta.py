@@ -23,11 +23,18 @@ from processors.providers.base import (
     Watermark,
     WebhookRequest,
 )
+from processors.providers.coverage import DRR, Coverage
 
 NAME = "meta"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ("x-hub-signature-256",)
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("whatsapp", "messenger", "instagram"),
+    signature="HMAC-SHA256 of body (X-Hub-Signature-256)",
+    receipts={"whatsapp": DRR, "messenger": DRR, "instagram": ("read",)},
+)
 SECRET = "META_APP_SECRET"
 VERIFY_TOKEN = "META_VERIFY_TOKEN"
 
@@ -104,8 +111,13 @@ def sign(url: str, body: bytes, app_secret: str) -> dict[str, str]:
     }
 
 
+# What the gateway answers (403) when handshake() refuses.
+HANDSHAKE_REFUSED = "hub.verify_token does not match"
+
+
 def handshake(query: Mapping[str, str], settings: Settings) -> str | None:
-    """The `hub.challenge` to echo for `GET /webhooks/meta`, or None (answer 403).
+    """The `hub.challenge` to echo for `GET /webhooks/meta` (the gateway's answer to a GET
+    on the webhook URL of a provider with a handshake), or None (answer 403).
 
     Only when hub.mode is "subscribe" and hub.verify_token equals
     MSGSTATUS_META_VERIFY_TOKEN (constant-time); unset token means never.
@@ -157,12 +169,8 @@ def _whatsapp_change(
         if word is None:
             result.dead.append(DeadItem("whatsapp status without a status value", item))
             return
-        status = STATUSES.lookup(word)
+        status = STATUSES.resolve(word, result, item, f"unknown whatsapp status {word!r}")
         if status is None:
-            if STATUSES.is_ignored(word):
-                result.ignored += 1
-            else:
-                result.dead.append(DeadItem(f"unknown whatsapp status {word!r}", item))
             return
         error = _whatsapp_error(status_obj)
         if error is None and status == "failed":

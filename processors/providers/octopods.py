@@ -14,6 +14,10 @@ holding them under `data`, `messages` or `results`.
 
 Octopods signs nothing: header `token` or `Authorization: Bearer` must equal
 MSGSTATUS_OCTOPODS_TOKEN.
+
+Polled (`msgstatus poller`): `GET {url}/api/v1/{whatsapp|sms}/messages/{id}` with a Bearer
+token (only WhatsApp and SMS have a documented status endpoint). While SENT or UNKNOWN
+Octopods asks to re-poll after 10-30 s, hence the wide jitter around the interval.
 """
 
 from __future__ import annotations
@@ -21,23 +25,32 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
-from processors.config import Settings
+import orjson
+
 from processors.model import CanonicalEvent, ErrorInfo
-from processors.providers import common, meta, twilio
+from processors.providers import auth, common, meta, twilio
 from processors.providers.base import (
     DeadItem,
-    FramingError,
     ParseResult,
+    Pending,
+    Polling,
     WebhookRequest,
-    verify_token,
 )
+from processors.providers.coverage import DR, DRR, TOKEN, Coverage
 
 NAME = "octopods"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # the credential is the token itself: never kept
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("whatsapp", "sms", "viber"),
+    signature=TOKEN,
+    receipts={"whatsapp": DRR, "sms": DR, "viber": DR},
+    extra_statuses=("deleted",),
+)
 SECRET = "OCTOPODS_TOKEN"
 
 # Octopods' six words (seeds/001). DELETED is handled below: delivered + engagement.
@@ -68,27 +81,11 @@ _POLL_PATH = re.compile(r"/api/v1/(whatsapp|sms|viber)/messages(?:/|$)")
 _LEADING_CODE = re.compile(r"\s*\(?#?(\d{3,6})\b")
 
 
-def enabled(settings: Settings) -> bool:
-    return settings.secret(SECRET) is not None
-
-
 # --- authentication -------------------------------------------------------------------
 
-
-def calculate_signature(token: str) -> str:
-    """The `token` header value: Octopods proves nothing about the body."""
-    return token
-
-
-def verify(request: WebhookRequest, settings: Settings) -> None:
-    """`token` header or `Authorization: Bearer` must equal MSGSTATUS_OCTOPODS_TOKEN."""
-    verify_token(request, settings, SECRET, NAME, "Octopods")
-
-
-def sign(url: str, body: bytes, token: str) -> dict[str, str]:
-    """Headers an Octopods push would carry (tests and the demo sender use it)."""
-    del url, body
-    return {"content-type": "application/json", "token": calculate_signature(token)}
+# `token` header or `Authorization: Bearer` equal to MSGSTATUS_OCTOPODS_TOKEN.
+AUTH = auth.SharedToken(NAME, SECRET, "Octopods")
+enabled, verify, calculate_signature, sign = AUTH.exports()
 
 
 # --- parsing ----------------------------------------------------------------------------
@@ -132,7 +129,7 @@ def error_of(reason: Any) -> ErrorInfo:
     return common.error_info(code, ERROR_CODES, text)
 
 
-def _one(result: ParseResult, item: Any, request: WebhookRequest, channel_hint: str | None) -> None:
+def _one(result: ParseResult, item: Any, request: WebhookRequest) -> None:
     obj = common.mapping(item)
     if not obj:
         result.dead.append(DeadItem("item is not a JSON object", item))
@@ -147,15 +144,11 @@ def _one(result: ParseResult, item: Any, request: WebhookRequest, channel_hint: 
     if word is None:
         result.dead.append(DeadItem("missing message_status", item))
         return
-    status = STATUSES.lookup(word)
+    status = STATUSES.resolve(word, result, item, f"unknown octopods status {word!r}")
     if status is None:
-        if STATUSES.is_ignored(word):
-            result.ignored += 1
-        else:
-            result.dead.append(DeadItem(f"unknown octopods status {word!r}", item))
         return
     named = (common.text(obj.get("channel"), max_len=32) or "").lower()
-    channel = CHANNELS.get(named) or channel_hint or DEFAULT_CHANNEL
+    channel = CHANNELS.get(named) or _channel_from_url(request.url) or DEFAULT_CHANNEL
     at = common.event_time(obj.get("updated_at")) or common.event_time(obj.get("timestamp"))
 
     def event(canonical: str, error: ErrorInfo | None = None) -> None:
@@ -179,18 +172,48 @@ def _one(result: ParseResult, item: Any, request: WebhookRequest, channel_hint: 
         event("deleted")  # engagement: the recipient deleted it after delivery
 
 
-@common.guarded
-def parse(request: WebhookRequest) -> ParseResult:
-    """An item, an array of items or a list answer; FramingError when no JSON object/array."""
-    data = common.load_json(request.body)
-    if isinstance(data, dict):
-        listed = next((data[k] for k in _LIST_KEYS if isinstance(data.get(k), list)), None)
-        batch: list[Any] = listed if listed is not None else [data]
-    elif isinstance(data, list):
-        batch = data
-    else:
-        raise FramingError("body must be a JSON object (or an array of them)")
-    hint = _channel_from_url(request.url)
-    result = ParseResult()
-    common.each(result, batch, lambda item: _one(result, item, request, hint))
-    return result
+def _listed(answer: Mapping[str, Any]) -> list[Any] | None:
+    """The items of a list answer (`{"data": [...]}` and the like), else None."""
+    return next((answer[k] for k in _LIST_KEYS if isinstance(answer.get(k), list)), None)
+
+
+# An item, an array of items or a list answer; FramingError when no JSON object/array.
+parse = common.object_or_array(_one, unwrap=_listed)
+
+
+# --- polling ----------------------------------------------------------------------------
+
+# message channel -> path segment of the status endpoint
+POLL_PATHS: dict[str, str] = {"whatsapp": "whatsapp", "sms": "sms"}
+
+
+def poll_url(base_url: str, channel: str, message_id: str) -> str:
+    path = POLL_PATHS[channel]
+    return f"{base_url.rstrip('/')}/api/v1/{path}/messages/{quote(message_id, safe='')}"
+
+
+def poll_request(base_url: str, token: str, message: Pending) -> tuple[str, dict[str, str]]:
+    url = poll_url(base_url, message.channel, message.message_id)
+    return url, {"authorization": f"Bearer {token}", "accept": "application/json"}
+
+
+def poll_error(body: bytes) -> str | None:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    error = data.get("error", data.get("message"))
+    if isinstance(error, dict):
+        error = error.get("message")
+    return error[:200] if isinstance(error, str) else None
+
+
+POLLING = Polling(
+    request=poll_request,
+    error_message=poll_error,
+    channels=frozenset(POLL_PATHS),
+    rate_limit=60,  # not published by Octopods: a cautious assumption
+    jitter=(2 / 3, 2.0),  # 10-30 s with the default 15 s interval
+)

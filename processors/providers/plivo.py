@@ -38,6 +38,7 @@ from processors.providers.base import (
     SignatureError,
     WebhookRequest,
 )
+from processors.providers.coverage import DR, DRR, Coverage
 from processors.providers.replay import ReplayKey, usable_key, window_ttl
 
 NAME = "plivo"
@@ -47,6 +48,15 @@ SIGNATURE_HEADER = "x-plivo-signature-v3"
 MA_SIGNATURE_HEADER = "x-plivo-signature-ma-v3"
 NONCE_HEADER = "x-plivo-signature-v3-nonce"
 SIGNATURE_HEADERS: tuple[str, ...] = (SIGNATURE_HEADER, MA_SIGNATURE_HEADER, NONCE_HEADER)
+# One small form (or object) per callback: a body limit of its own bounds what an unsigned
+# request costs before its signature is checked (processors/ingest/gateway.py).
+MAX_BODY_BYTES = 65_536
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("sms", "mms", "whatsapp"),
+    signature="HMAC-SHA256 with nonce (X-Plivo-Signature-V3)",
+    receipts={"sms": DR, "mms": DR, "whatsapp": DRR},
+)
 SECRET = "PLIVO_AUTH_TOKEN"
 NONCE_TTL = 3600.0  # seconds a nonce is remembered at least (no signed time to bound it)
 
@@ -220,12 +230,8 @@ def parse(request: WebhookRequest) -> ParseResult:
     if word is None:
         result.dead.append(DeadItem("missing Status", fields))
         return result
-    status = STATUSES.lookup(word)
+    status = STATUSES.resolve(word, result, fields, f"unknown plivo Status {word!r}")
     if status is None:
-        if STATUSES.is_ignored(word):
-            result.ignored += 1
-        else:
-            result.dead.append(DeadItem(f"unknown plivo Status {word!r}", fields))
         return result
     result.events.append(
         CanonicalEvent(

@@ -26,23 +26,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from processors.config import Settings
 from processors.model import CanonicalEvent, ErrorInfo
-from processors.providers import common
-from processors.providers.bandwidth import calculate_signature as basic_header
-from processors.providers.bandwidth import check_basic
+from processors.providers import auth, common
 from processors.providers.base import (
     DeadItem,
     FramingError,
     ParseResult,
-    SignatureError,
     WebhookRequest,
 )
+from processors.providers.coverage import DRR, Coverage
 
 NAME = "postmark"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # Basic credentials are secrets: never kept
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("email",),
+    signature="HTTP Basic (credentials in the webhook URL)",
+    receipts={"email": DRR},
+    extra_statuses=("undelivered", "rejected", "failed", "unsubscribed"),  # bounces
+)
 USER = "POSTMARK_USER"
 PASSWORD = "POSTMARK_PASSWORD"
 
@@ -94,24 +98,11 @@ TIME_FIELDS: dict[str, str] = {
 }
 
 
-def enabled(settings: Settings) -> bool:
-    return settings.secret(USER) is not None and settings.secret(PASSWORD) is not None
-
-
 # --- authentication -------------------------------------------------------------------
 
-
-def calculate_signature(user: str, password: str) -> str:
-    """The `Authorization` header Postmark sends for credentials in the webhook URL."""
-    return basic_header(user, password)
-
-
-def verify(request: WebhookRequest, settings: Settings) -> None:
-    """HTTP Basic credentials must equal MSGSTATUS_POSTMARK_USER / _PASSWORD."""
-    user, password = settings.secret(USER), settings.secret(PASSWORD)
-    if user is None or password is None:
-        raise SignatureError("postmark is not configured (MSGSTATUS_POSTMARK_USER / _PASSWORD)")
-    check_basic(request, user, password, "Postmark")
+# HTTP Basic credentials equal to MSGSTATUS_POSTMARK_USER / _PASSWORD.
+AUTH = auth.BasicAuth(NAME, USER, PASSWORD, "Postmark")
+enabled, verify, calculate_signature, _ = AUTH.exports()
 
 
 def sign(body: bytes, user: str, password: str) -> dict[str, str]:

@@ -4,6 +4,11 @@ The push format is not public, so both the assumed push shape
 `{"event": "message.status", "instance", "data": {...}}` and the documented flat poll
 answer `{"success": true, "message_id", "status", "status_code", ...}` are accepted
 (PROVIDERS.md "RyzeAPI"). RyzeAPI signs nothing: a shared token authenticates pushes.
+
+Polled (`msgstatus poller`): `GET {url}/api/chat/status/{instance}?messageId={id}` with the
+header `token`; the instance is the message's `account` (from its `/v1/events`
+registration). The answer has no instance, so the request URL kept on the raw record
+names it for parse().
 """
 
 from __future__ import annotations
@@ -11,24 +16,32 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
-from processors.config import Settings
+import orjson
+
 from processors.model import CanonicalEvent, ErrorInfo
-from processors.providers import common
+from processors.providers import auth, common
 from processors.providers.base import (
     DeadItem,
-    FramingError,
     ParseResult,
+    Pending,
+    Polling,
     WebhookRequest,
-    verify_token,
 )
+from processors.providers.coverage import DRR, TOKEN, Coverage
 
 NAME = "ryze"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 # The credential is the token itself: never copy it onto the raw record.
 SIGNATURE_HEADERS: tuple[str, ...] = ()
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("whatsapp",),
+    signature=TOKEN,
+    receipts={"whatsapp": DRR},
+)
 SECRET = "RYZE_TOKEN"
 STATUS_EVENT = "message.status"
 
@@ -60,27 +73,11 @@ ERROR_CODES: dict[str, tuple[str, str]] = dict(common.check_error_table({}))
 _POLL_PATH = re.compile(r"/api/chat/status/([^/?#]+)")
 
 
-def enabled(settings: Settings) -> bool:
-    return settings.secret(SECRET) is not None
-
-
 # --- authentication -------------------------------------------------------------------
 
-
-def calculate_signature(token: str) -> str:
-    """The `token` header value: RyzeAPI proves nothing about the body, it sends the token."""
-    return token
-
-
-def verify(request: WebhookRequest, settings: Settings) -> None:
-    """`token` header or `Authorization: Bearer` must equal MSGSTATUS_RYZE_TOKEN."""
-    verify_token(request, settings, SECRET, NAME, "RyzeAPI")
-
-
-def sign(url: str, body: bytes, token: str) -> dict[str, str]:
-    """Headers a RyzeAPI push would carry (tests and the demo sender use it)."""
-    del url, body
-    return {"content-type": "application/json", "token": calculate_signature(token)}
+# `token` header or `Authorization: Bearer` equal to MSGSTATUS_RYZE_TOKEN.
+AUTH = auth.SharedToken(NAME, SECRET, "RyzeAPI")
+enabled, verify, calculate_signature, sign = AUTH.exports()
 
 
 # --- parsing ----------------------------------------------------------------------------
@@ -188,16 +185,42 @@ def _one(result: ParseResult, item: Any, request: WebhookRequest) -> None:
     )
 
 
-@common.guarded
-def parse(request: WebhookRequest) -> ParseResult:
-    """A push, a poll answer, or an array of them; FramingError when no JSON object/array."""
-    data = common.load_json(request.body)
-    if isinstance(data, dict):
-        batch: list[Any] = [data]
-    elif isinstance(data, list):
-        batch = data
-    else:
-        raise FramingError("body must be a JSON object (or an array of them)")
-    result = ParseResult()
-    common.each(result, batch, lambda item: _one(result, item, request))
-    return result
+# A push, a poll answer, or an array of them; FramingError when no JSON object/array.
+parse = common.object_or_array(_one)
+
+
+# --- polling ----------------------------------------------------------------------------
+
+
+def poll_url(base_url: str, instance: str, message_id: str) -> str:
+    query = urlencode({"messageId": message_id})
+    return f"{base_url.rstrip('/')}/api/chat/status/{quote(instance, safe='')}?{query}"
+
+
+def poll_request(base_url: str, token: str, message: Pending) -> tuple[str, dict[str, str]]:
+    """URL and headers of the status query for `message` (its account is the instance)."""
+    if not message.account:
+        raise ValueError("a RyzeAPI poll needs the message's instance (its account)")
+    url = poll_url(base_url, message.account, message.message_id)
+    return url, {"token": token, "accept": "application/json"}
+
+
+def poll_error(body: bytes) -> str | None:
+    """`error.message` of an error answer (`{"success": false, "error": {"message"}}`)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    message = error.get("message") if isinstance(error, dict) else error
+    return message[:200] if isinstance(message, str) else None
+
+
+POLLING = Polling(
+    request=poll_request,
+    error_message=poll_error,
+    channels=frozenset({"whatsapp"}),
+    rate_limit=100,  # documented: "Rate-limit: Global (100/min)"
+    default_channel="whatsapp",  # RyzeAPI is WhatsApp only
+    needs_account=True,  # polled per instance
+)

@@ -31,11 +31,11 @@ from processors.model import CanonicalEvent, ErrorInfo
 from processors.providers import common, email_errors
 from processors.providers.base import (
     DeadItem,
-    FramingError,
     ParseResult,
     SignatureError,
     WebhookRequest,
 )
+from processors.providers.coverage import DRR, Coverage
 from processors.providers.freshness import require_fresh
 
 NAME = "sendgrid"
@@ -44,6 +44,12 @@ FRAMING = "json"
 SIGNATURE_HEADER = "x-twilio-email-event-webhook-signature"
 TIMESTAMP_HEADER = "x-twilio-email-event-webhook-timestamp"
 SIGNATURE_HEADERS: tuple[str, ...] = (SIGNATURE_HEADER, TIMESTAMP_HEADER)
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("email",),
+    signature="ECDSA P-256 of timestamp + body (X-Twilio-Email-Event-Webhook-Signature)",
+    receipts={"email": DRR},
+)
 SECRET = "SENDGRID_PUBLIC_KEY"
 CHANNEL = "email"
 
@@ -209,7 +215,7 @@ def dropped_error(item: Mapping[str, Any]) -> ErrorInfo:
 _ERRORS = {"bounce": bounce_error, "dropped": dropped_error}
 
 
-def _one(result: ParseResult, request: WebhookRequest, item: Any) -> None:
+def _one(result: ParseResult, item: Any, request: WebhookRequest) -> None:
     obj = common.mapping(item)
     if not obj:
         result.dead.append(DeadItem("sendgrid event is not an object", item))
@@ -218,12 +224,8 @@ def _one(result: ParseResult, request: WebhookRequest, item: Any) -> None:
     if word is None:
         result.dead.append(DeadItem("sendgrid event without an `event` name", item))
         return
-    status = EVENTS.lookup(word)
+    status = EVENTS.resolve(word, result, item, f"unknown sendgrid event {word!r}")
     if status is None:
-        if EVENTS.is_ignored(word):
-            result.ignored += 1
-        else:
-            result.dead.append(DeadItem(f"unknown sendgrid event {word!r}", item))
         return
     message_id = common.text(obj.get("sg_message_id"), max_len=256)
     if message_id is None:
@@ -247,12 +249,5 @@ def _one(result: ParseResult, request: WebhookRequest, item: Any) -> None:
     )
 
 
-@common.guarded
-def parse(request: WebhookRequest) -> ParseResult:
-    """One event per array item; FramingError when the body is not a JSON array."""
-    data = common.load_json(request.body)
-    if not isinstance(data, list):
-        raise FramingError("body must be a JSON array of SendGrid events")
-    result = ParseResult()
-    common.each(result, data, lambda item: _one(result, request, item))
-    return result
+# One event per array item; FramingError when the body is not a JSON array.
+parse = common.object_or_array(_one, "body must be a JSON array of SendGrid events", single=False)

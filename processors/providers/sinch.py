@@ -20,23 +20,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from processors.config import Settings
 from processors.model import CanonicalEvent, ErrorInfo, is_failure
-from processors.providers import common
-from processors.providers.bandwidth import calculate_signature as basic_header
-from processors.providers.bandwidth import check_basic
+from processors.providers import auth, common
 from processors.providers.base import (
     DeadItem,
-    FramingError,
     ParseResult,
-    SignatureError,
     WebhookRequest,
 )
+from processors.providers.coverage import BASIC, DR, Coverage
 
 NAME = "sinch"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # Basic credentials are secrets: never kept
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(channels=("sms",), signature=BASIC, receipts={"sms": DR})
 USER = "SINCH_USER"
 PASSWORD = "SINCH_PASSWORD"
 
@@ -87,31 +85,11 @@ _NOT_ERRORS = frozenset({"0", "400", "401"})
 STATUS_CATEGORY: dict[str, str] = {"expired": "expired"}
 
 
-def enabled(settings: Settings) -> bool:
-    return settings.secret(USER) is not None and settings.secret(PASSWORD) is not None
-
-
 # --- authentication -------------------------------------------------------------------
 
-
-def calculate_signature(user: str, password: str) -> str:
-    """The `Authorization` header value: `Basic base64(user:password)`."""
-    return basic_header(user, password)
-
-
-def verify(request: WebhookRequest, settings: Settings) -> None:
-    """HTTP Basic credentials must equal MSGSTATUS_SINCH_USER / _PASSWORD."""
-    user, password = settings.secret(USER), settings.secret(PASSWORD)
-    if user is None or password is None:
-        raise SignatureError("sinch is not configured (MSGSTATUS_SINCH_USER / _PASSWORD unset)")
-    check_basic(request, user, password, "Sinch")
-
-
-def sign(url: str, body: bytes, user: str, password: str) -> dict[str, str]:
-    """Headers a Sinch callback would carry (tests and the demo sender use it)."""
-    del url, body
-    auth = calculate_signature(user, password)
-    return {"content-type": "application/json", "authorization": auth}
+# HTTP Basic credentials equal to MSGSTATUS_SINCH_USER / _PASSWORD.
+AUTH = auth.BasicAuth(NAME, USER, PASSWORD, "Sinch")
+enabled, verify, calculate_signature, sign = AUTH.exports()
 
 
 # --- parsing ----------------------------------------------------------------------------
@@ -141,12 +119,8 @@ def _event(
     if word is None:
         result.dead.append(DeadItem("delivery report without status", dict(entry)))
         return
-    status = STATUSES.lookup(word)
+    status = STATUSES.resolve(word, result, dict(entry), f"unknown sinch status {word!r}")
     if status is None:
-        if STATUSES.is_ignored(word):
-            result.ignored += 1
-        else:
-            result.dead.append(DeadItem(f"unknown sinch status {word!r}", dict(entry)))
         return
     at = common.event_time(report.get("operator_status_at")) or common.event_time(report.get("at"))
     result.events.append(
@@ -190,16 +164,5 @@ def _one(result: ParseResult, item: Any, request: WebhookRequest) -> None:
         result.dead.append(DeadItem(f"unknown sinch callback type {kind[:64]!r}", item))
 
 
-@common.guarded
-def parse(request: WebhookRequest) -> ParseResult:
-    """A report (or an array of them); FramingError when no JSON object/array."""
-    data = common.load_json(request.body)
-    if isinstance(data, dict):
-        batch: list[Any] = [data]
-    elif isinstance(data, list):
-        batch = data
-    else:
-        raise FramingError("body must be a Sinch delivery report object")
-    result = ParseResult()
-    common.each(result, batch, lambda item: _one(result, item, request))
-    return result
+# A report (or an array of them); FramingError when no JSON object/array.
+parse = common.object_or_array(_one, "body must be a Sinch delivery report object")

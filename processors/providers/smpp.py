@@ -48,8 +48,7 @@ from typing import Any
 from processors.config import Settings
 from processors.model import CanonicalEvent, ErrorInfo, is_failure
 from processors.providers import common, query_string
-from processors.providers.bandwidth import basic_credentials, check_basic
-from processors.providers.bandwidth import calculate_signature as basic_header
+from processors.providers.auth import basic_credentials, basic_header, check_basic
 from processors.providers.base import (
     DeadItem,
     FramingError,
@@ -58,11 +57,22 @@ from processors.providers.base import (
     WebhookRequest,
     constant_time_equal,
 )
+from processors.providers.coverage import DR, Coverage
 
 NAME = "smpp"
 CONTENT_TYPES: tuple[str, ...] = ("application/x-www-form-urlencoded", "application/json")
 FRAMING = "form"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # credentials are secrets: never kept
+# One small form (or object) per callback: a body limit of its own bounds what an unsigned
+# request costs before its signature is checked (processors/ingest/gateway.py).
+MAX_BODY_BYTES = 65_536
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("sms",),
+    signature="HTTP Basic or shared token (`?token=`, `token` header or Bearer)",
+    receipts={"sms": DR},
+    extra_statuses=("failed",),  # Jasmin level-1 ESME_R* refusals
+)
 HTTP_METHODS: tuple[str, ...] = ("POST", "GET")  # Kannel's dlr-url is fetched with GET
 QUERY_CREDENTIALS: tuple[str, ...] = (query_string.TOKEN_PARAM,)
 # Jasmin retries a receipt until the body is exactly this; Kannel ignores the body.
@@ -395,12 +405,8 @@ def parse(request: WebhookRequest) -> ParseResult:
     if word is None:
         result.dead.append(DeadItem("receipt without stat", fields))
         return result
-    status = STATUSES.lookup(word)
+    status = STATUSES.resolve(word, result, fields, f"unknown SMPP receipt stat {word!r}")
     if status is None:
-        if STATUSES.is_ignored(word):
-            result.ignored += 1
-        else:
-            result.dead.append(DeadItem(f"unknown SMPP receipt stat {word!r}", fields))
         return result
     err = receipt.get("err") if "err" in receipt else fields.get("err")
     done = receipt.get("done date") or fields.get("donedate") or fields.get("done_date")

@@ -44,6 +44,7 @@ from processors.providers.base import (
     SignatureError,
     WebhookRequest,
 )
+from processors.providers.coverage import DR, Coverage
 from processors.providers.freshness import require_fresh
 
 NAME = "telnyx"
@@ -52,6 +53,12 @@ FRAMING = "json"
 SIGNATURE_HEADER = "telnyx-signature-ed25519"
 TIMESTAMP_HEADER = "telnyx-timestamp"
 SIGNATURE_HEADERS: tuple[str, ...] = (SIGNATURE_HEADER, TIMESTAMP_HEADER)
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("sms", "mms"),
+    signature="Ed25519 of timestamp|body (telnyx-signature-ed25519)",
+    receipts={"sms": DR, "mms": DR},
+)
 SECRET = "TELNYX_PUBLIC_KEY"
 
 # payload.to[].status -> canonical.
@@ -201,12 +208,8 @@ def _recipient(
     if word is None:
         result.dead.append(DeadItem("recipient without status", recipient))
         return
-    status = STATUSES.lookup(word)
+    status = STATUSES.resolve(word, result, recipient, f"unknown telnyx status {word[:64]!r}")
     if status is None:
-        if STATUSES.is_ignored(word):
-            result.ignored += 1
-        else:
-            result.dead.append(DeadItem(f"unknown telnyx status {word[:64]!r}", recipient))
         return
     if data.get("event_type") == "message.sent" and status in _BELOW_SENT:
         status, word = "sent", "message.sent"

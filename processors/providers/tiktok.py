@@ -25,21 +25,21 @@ from typing import Any
 
 import orjson
 
-from processors.config import Settings
 from processors.model import CanonicalEvent
-from processors.providers import common
+from processors.providers import auth, common
 from processors.providers.base import (
     DeadItem,
-    FramingError,
     ParseResult,
     WebhookRequest,
-    verify_token,
 )
+from processors.providers.coverage import TOKEN, Coverage
 
 NAME = "tiktok"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # the credential is the token itself: never kept
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(channels=("tiktok",), signature=TOKEN, receipts={"tiktok": ("read",)})
 SECRET = "TIKTOK_TOKEN"
 
 # Event names -> canonical. Only reads exist; the rest of the webhook is ignored.
@@ -53,27 +53,11 @@ CHANNEL = "tiktok"
 MAX_IDS = 1000
 
 
-def enabled(settings: Settings) -> bool:
-    return settings.secret(SECRET) is not None
-
-
 # --- authentication -------------------------------------------------------------------
 
-
-def calculate_signature(token: str) -> str:
-    """The `token` header value: the relay proves nothing about the body."""
-    return token
-
-
-def verify(request: WebhookRequest, settings: Settings) -> None:
-    """`token` header or `Authorization: Bearer` must equal MSGSTATUS_TIKTOK_TOKEN."""
-    verify_token(request, settings, SECRET, NAME, "TikTok")
-
-
-def sign(url: str, body: bytes, token: str) -> dict[str, str]:
-    """Headers a forwarded TikTok event would carry (tests and the demo sender use it)."""
-    del url, body
-    return {"content-type": "application/json", "token": calculate_signature(token)}
+# `token` header or `Authorization: Bearer` equal to MSGSTATUS_TIKTOK_TOKEN.
+AUTH = auth.SharedToken(NAME, SECRET, "TikTok")
+enabled, verify, calculate_signature, sign = AUTH.exports()
 
 
 # --- parsing ----------------------------------------------------------------------------
@@ -109,12 +93,8 @@ def _one(result: ParseResult, item: Any, request: WebhookRequest) -> None:
     if word is None:
         result.dead.append(DeadItem("event without a name", item))
         return
-    status = STATUSES.lookup(word)
+    status = STATUSES.resolve(word, result, item, f"unknown tiktok event {word!r}")
     if status is None:
-        if STATUSES.is_ignored(word):
-            result.ignored += 1
-        else:
-            result.dead.append(DeadItem(f"unknown tiktok event {word!r}", item))
         return
     content = _content(obj)
     ids = _message_ids(content, obj)
@@ -143,16 +123,5 @@ def _one(result: ParseResult, item: Any, request: WebhookRequest) -> None:
         )
 
 
-@common.guarded
-def parse(request: WebhookRequest) -> ParseResult:
-    """An event or an array of events; FramingError when no JSON object/array."""
-    data = common.load_json(request.body)
-    if isinstance(data, dict):
-        batch: list[Any] = [data]
-    elif isinstance(data, list):
-        batch = data
-    else:
-        raise FramingError("body must be a JSON object (or an array of them)")
-    result = ParseResult()
-    common.each(result, batch, lambda item: _one(result, item, request))
-    return result
+# An event or an array of events; FramingError when no JSON object/array.
+parse = common.object_or_array(_one)

@@ -14,21 +14,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from processors.config import Settings
 from processors.model import CanonicalEvent, ErrorInfo, is_failure
-from processors.providers import common
+from processors.providers import auth, common
 from processors.providers.base import (
     DeadItem,
-    FramingError,
     ParseResult,
     WebhookRequest,
-    verify_token,
 )
+from processors.providers.coverage import DR, DRR, TOKEN, Coverage
 
 NAME = "tracksend"
 CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # the credential is the token itself: never kept
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("sms", "rcs"),
+    signature=TOKEN,
+    receipts={"sms": DR, "rcs": DRR},
+)
 SECRET = "TRACKSEND_TOKEN"
 
 # Every word of Tracksend's SMS and RCS tables (seeds/002), PROVIDERS.md's mapping.
@@ -74,27 +78,11 @@ CHANNELS: dict[str, str] = {"sms": "sms", "rcs": "rcs"}
 REPLY = "reply"
 
 
-def enabled(settings: Settings) -> bool:
-    return settings.secret(SECRET) is not None
-
-
 # --- authentication -------------------------------------------------------------------
 
-
-def calculate_signature(token: str) -> str:
-    """The `token` header value: Tracksend proves nothing about the body."""
-    return token
-
-
-def verify(request: WebhookRequest, settings: Settings) -> None:
-    """`token` header or `Authorization: Bearer` must equal MSGSTATUS_TRACKSEND_TOKEN."""
-    verify_token(request, settings, SECRET, NAME, "Tracksend")
-
-
-def sign(url: str, body: bytes, token: str) -> dict[str, str]:
-    """Headers a Tracksend push would carry (tests and the demo sender use it)."""
-    del url, body
-    return {"content-type": "application/json", "token": calculate_signature(token)}
+# `token` header or `Authorization: Bearer` equal to MSGSTATUS_TRACKSEND_TOKEN.
+AUTH = auth.SharedToken(NAME, SECRET, "Tracksend")
+enabled, verify, calculate_signature, sign = AUTH.exports()
 
 
 # --- parsing ----------------------------------------------------------------------------
@@ -155,16 +143,5 @@ def _one(result: ParseResult, item: Any, request: WebhookRequest) -> None:
         event("replied", action_type or "REPLY")
 
 
-@common.guarded
-def parse(request: WebhookRequest) -> ParseResult:
-    """One report or an array of them; FramingError when no JSON object/array."""
-    data = common.load_json(request.body)
-    if isinstance(data, dict):
-        batch: list[Any] = [data]
-    elif isinstance(data, list):
-        batch = data
-    else:
-        raise FramingError("body must be a JSON object (or an array of them)")
-    result = ParseResult()
-    common.each(result, batch, lambda item: _one(result, item, request))
-    return result
+# One report or an array of them; FramingError when no JSON object/array.
+parse = common.object_or_array(_one)

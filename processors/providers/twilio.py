@@ -23,11 +23,21 @@ from processors.providers.base import (
     SignatureError,
     WebhookRequest,
 )
+from processors.providers.coverage import DR, DRR, Coverage
 
 NAME = "twilio"
 CONTENT_TYPES: tuple[str, ...] = ("application/x-www-form-urlencoded", "application/json")
 FRAMING = "form"
 SIGNATURE_HEADERS: tuple[str, ...] = ("x-twilio-signature",)
+# One small form (or object) per callback: a body limit of its own bounds what an unsigned
+# request costs before its signature is checked (processors/ingest/gateway.py).
+MAX_BODY_BYTES = 65_536
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("sms", "mms", "whatsapp", "messenger", "rcs"),
+    signature="HMAC-SHA1 of URL + sorted params (X-Twilio-Signature)",
+    receipts={"sms": DR, "mms": DR, "whatsapp": DRR, "messenger": DRR, "rcs": DRR},
+)
 SECRET = "TWILIO_AUTH_TOKEN"
 ACCOUNT_SID = "TWILIO_ACCOUNT_SID"  # optional: binds the environment's token to an account
 
@@ -404,12 +414,8 @@ def parse(request: WebhookRequest) -> ParseResult:
     if word is None:
         result.dead.append(DeadItem("missing MessageStatus", fields))
         return result
-    status = STATUSES.lookup(word)
+    status = STATUSES.resolve(word, result, fields, f"unknown twilio MessageStatus {word[:64]!r}")
     if status is None:
-        if STATUSES.is_ignored(word):
-            result.ignored += 1
-        else:
-            result.dead.append(DeadItem(f"unknown twilio MessageStatus {word[:64]!r}", fields))
         return result
     result.events.append(
         CanonicalEvent(

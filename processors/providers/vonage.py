@@ -42,6 +42,7 @@ from processors.providers.base import (
     WebhookRequest,
     constant_time_equal,
 )
+from processors.providers.coverage import DR, Coverage
 from processors.providers.freshness import require_fresh
 from processors.providers.replay import ReplayKey, usable_key, window_ttl
 
@@ -49,16 +50,22 @@ NAME = "vonage"
 CONTENT_TYPES: tuple[str, ...] = ("application/json", "application/x-www-form-urlencoded")
 FRAMING = "json"
 SIGNATURE_HEADERS: tuple[str, ...] = ()  # the signature travels inside the body
+# One small form (or object) per callback: a body limit of its own bounds what an unsigned
+# request costs before its signature is checked (processors/ingest/gateway.py).
+MAX_BODY_BYTES = 65_536
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("sms",), signature="signed params (`sig`, HMAC or MD5)", receipts={"sms": DR}
+)
 HTTP_METHODS: tuple[str, ...] = ("POST", "GET")  # Vonage's default DLR method is GET
 SECRET = "VONAGE_SIGNATURE_SECRET"
-METHOD = "VONAGE_SIGNATURE_METHOD"
 API_KEY = "VONAGE_API_KEY"
 DEFAULT_METHOD = "sha256"
 SIG_PARAM = "sig"
 TIMESTAMP_PARAM = "timestamp"  # signed: unix seconds when Vonage made the request
 NONCE_PARAM = "nonce"
 HMAC_METHODS: frozenset[str] = frozenset({"md5", "sha1", "sha256", "sha512"})
-METHODS: frozenset[str] = HMAC_METHODS | {"md5hash"}
+METHODS: frozenset[str] = HMAC_METHODS | {"md5hash"}  # config.SIG_METHODS, checked at start
 
 STATUS_MAP: dict[str, str] = {
     "accepted": "sent",  # accepted by the mobile network
@@ -169,11 +176,7 @@ def verify(request: WebhookRequest, settings: Settings) -> None:
     secret = settings.secret(SECRET)
     if secret is None:
         raise SignatureError("vonage is not configured (MSGSTATUS_VONAGE_SIGNATURE_SECRET unset)")
-    method = (settings.secret(METHOD) or DEFAULT_METHOD).strip().lower()
-    if method not in METHODS:
-        raise SignatureError(
-            "MSGSTATUS_VONAGE_SIGNATURE_METHOD must be one of md5hash, md5, sha1, sha256, sha512"
-        )
+    method = settings.provider_options.vonage_signature_method
     try:
         params = params_of(request)
     except FramingError:
@@ -286,12 +289,8 @@ def parse(request: WebhookRequest) -> ParseResult:
     if word is None:
         result.dead.append(DeadItem("missing status", fields))
         return result
-    status = STATUSES.lookup(word)
+    status = STATUSES.resolve(word, result, fields, f"unknown vonage status {word[:64]!r}")
     if status is None:
-        if STATUSES.is_ignored(word):
-            result.ignored += 1
-        else:
-            result.dead.append(DeadItem(f"unknown vonage status {word[:64]!r}", fields))
         return result
     code = fields.get("err-code")
     error = None

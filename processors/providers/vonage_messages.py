@@ -48,6 +48,7 @@ from processors.providers.base import (
     WebhookRequest,
     constant_time_equal,
 )
+from processors.providers.coverage import DR, DRR, Coverage
 from processors.providers.freshness import require_fresh
 
 NAME = "vonage-messages"
@@ -55,10 +56,23 @@ CONTENT_TYPES: tuple[str, ...] = ("application/json",)
 FRAMING = "json"
 # The signed token, kept so the stream knows the account (`api_key`) it was signed for.
 SIGNATURE_HEADERS: tuple[str, ...] = ("authorization",)
+# Channels, signature and receipts as `msgstatus providers` and the README show them.
+COVERAGE = Coverage(
+    channels=("sms", "mms", "rcs", "whatsapp", "viber", "messenger"),
+    signature="JWT HS256 in Authorization (payload_hash, iat window)",
+    receipts={
+        "sms": DR,
+        "mms": DR,
+        "rcs": DRR,
+        "whatsapp": DRR,
+        "viber": DRR,
+        "messenger": DRR,
+    },
+    extra_statuses=("expired",),  # rejected with code 1360
+)
 SECRET = "VONAGE_MESSAGES_SIGNATURE_SECRET"
 FALLBACK_SECRET = "VONAGE_SIGNATURE_SECRET"
 API_KEY = "VONAGE_MESSAGES_API_KEY"
-MAX_AGE = "VONAGE_MESSAGES_MAX_AGE"
 ISSUER = "Vonage"
 
 STATUS_MAP: dict[str, str] = {
@@ -196,15 +210,10 @@ DEFAULT_MAX_AGE = 86_400.0
 
 
 def _window(settings: Settings) -> float:
-    raw = settings.secret(MAX_AGE)
-    if raw is None:
+    """MSGSTATUS_VONAGE_MESSAGES_MAX_AGE seconds when set, else at least DEFAULT_MAX_AGE."""
+    window = settings.provider_options.vonage_messages_max_age
+    if window is None:
         return max(settings.replay_window, DEFAULT_MAX_AGE)
-    try:
-        window = float(raw)
-    except ValueError:
-        window = -1.0
-    if not window >= 0:
-        raise SignatureError(f"MSGSTATUS_{MAX_AGE} must be a number of seconds, not {raw!r}")
     return window
 
 
@@ -296,12 +305,8 @@ def parse(request: WebhookRequest) -> ParseResult:
     if word is None:
         result.dead.append(DeadItem("status without status", data))
         return result
-    status = STATUSES.lookup(word)
+    status = STATUSES.resolve(word, result, data, f"unknown vonage-messages status {word[:64]!r}")
     if status is None:
-        if STATUSES.is_ignored(word):
-            result.ignored += 1
-        else:
-            result.dead.append(DeadItem(f"unknown vonage-messages status {word[:64]!r}", data))
         return result
     error_obj = common.mapping(data.get("error"))
     error = _error(error_obj, status)

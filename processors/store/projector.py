@@ -32,13 +32,13 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 from prometheus_client import Counter, Gauge
 
-from processors import kafka_client
 from processors.config import Settings
+from processors.kafka import client as kafka_client
+from processors.kafka.topics import STATUS, TRANSITIONS
 from processors.model import ENGAGEMENT, parse_time, rfc3339
 from processors.store.readmodel import Batch, OffsetsMoved, ReadModel, ReadModelUnavailable
 from processors.stream import markers
 from processors.stream.metrics import READ_MODEL_DROPPED
-from processors.topics import STATUS, TRANSITIONS
 from processors.transitions import APPLIED
 
 log = logging.getLogger(__name__)

@@ -29,8 +29,20 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from mode import CrashingSupervisor
 
-from processors import dependencies, kafka_client, providers
+from processors import dependencies, providers
 from processors.config import Settings
+from processors.kafka import client as kafka_client
+from processors.kafka.topics import (
+    CANONICAL,
+    CONVERSATIONS,
+    DEADLETTER,
+    POLL_REQUESTS,
+    STATUS,
+    TRANSITIONS,
+    partition_for,
+    raw_topic,
+)
+from processors.kafka.writer import Unit
 from processors.model import FAILURES
 from processors.ops import lag
 from processors.store.projector import Projector
@@ -45,17 +57,7 @@ from processors.stream.ordering import Rules, on_marker, order_record
 from processors.stream.progress import Progress
 from processors.stream.watermarks import expand_record
 from processors.stream.watermarks import on_marker as conversation_marker
-from processors.stream.writers import PartitionWriters, Unit
-from processors.topics import (
-    CANONICAL,
-    CONVERSATIONS,
-    DEADLETTER,
-    POLL_REQUESTS,
-    STATUS,
-    TRANSITIONS,
-    partition_for,
-    raw_topic,
-)
+from processors.stream.writers import PartitionWriters
 
 log = logging.getLogger(__name__)
 

@@ -288,7 +288,6 @@ class Emitter:
         )
 
 
-
 def _compact(state: dict[str, Any]) -> dict[str, Any] | object | None:
     """An expired message keeps what numbering needs; one with a pending deadline (only
     possible with a retention shorter than the deadline, which config refuses) waits."""

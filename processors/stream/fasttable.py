@@ -26,9 +26,10 @@ from typing import Any
 from faust.types import TP
 from rocksdict import WriteBatch
 
+from processors.kafka.writer import MAX_UNIT_BYTES, RECORD_OVERHEAD, Unit
 from processors.stream import faults
 from processors.stream.fence import Ownership, Token
-from processors.stream.writers import MAX_UNIT_BYTES, RECORD_OVERHEAD, PartitionWriters, Unit
+from processors.stream.writers import PartitionWriters
 
 _DELETED = object()
 

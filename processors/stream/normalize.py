@@ -22,11 +22,11 @@ from typing import Any
 import orjson
 
 from processors import providers
-from processors.ingest import raw
+from processors.kafka import raw
+from processors.kafka.topics import partition_for
 from processors.model import CHANNELS, ERROR_CATEGORIES, STATUSES, CanonicalEvent
 from processors.providers import common, limits
 from processors.providers.base import FramingError
-from processors.topics import partition_for
 
 # The bounded set of dead-letter categories (a Prometheus label of the worker).
 DEADLETTER_CATEGORIES: frozenset[str] = frozenset(

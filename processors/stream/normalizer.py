@@ -30,11 +30,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from processors import kafka_client
 from processors.config import Settings
+from processors.kafka import client as kafka_client
+from processors.kafka.topics import CANONICAL, CONVERSATIONS, DEADLETTER, raw_topic
 from processors.stream import faults, markers, metrics
 from processors.stream.normalize import encode_dead_letter, normalize, pack_events
-from processors.topics import CANONICAL, CONVERSATIONS, DEADLETTER, raw_topic
 
 log = logging.getLogger(__name__)
 

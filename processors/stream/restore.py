@@ -27,7 +27,7 @@ from faust.tables.recovery import Recovery
 from faust.types import TP
 from rocksdict import WriteBatch
 
-from processors import kafka_client
+from processors.kafka import client as kafka_client
 from processors.stream import metrics
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,9 @@
 """The processor bench's measuring helpers, against the real broker.
 
-A first version of `_output_span` stopped reading after a fraction of a multi-partition
-topic and so reported rates several times too high; these tests pin what each helper
-measures on records and commits whose times we set.
+A first version of the bench's output span (now `processors.kafka.offsets.span`) stopped
+reading after a fraction of a multi-partition topic and so reported rates several times
+too high; these tests pin what each helper measures on records and commits whose times
+we set.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import time
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from processors.bench import processor
+from bench import processor
 from processors.config import single_broker
-from processors.topics import ensure_topics
+from processors.kafka import offsets
+from processors.kafka.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +43,7 @@ async def test_output_span_reads_every_partition_to_its_end(kafka, topic_prefix)
     finally:
         await producer.stop()
 
-    count, first, last = await processor._output_span(kafka.bootstrap, topic)
+    count, first, last = await offsets.span(kafka.bootstrap, topic)
 
     assert count == 4 * per_partition
     assert first == pytest.approx(base_ms / 1000, abs=1e-3)

@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from processors.bench import e2e, gateway, processor
+from bench import e2e, gateway, processor
 
 pytestmark = pytest.mark.integration
 

@@ -25,9 +25,10 @@ import orjson
 import pytest
 from support.fake_providers import FakeProviders
 from support.infra import start_kafka
-from support.processes import SECRETS, Part, base_env, start_gateway, start_worker
+from support.processes import SECRETS, base_env, start_gateway, start_worker
 from support.stream import check_message, read_to_end
 
+from bench.processes import Process
 from processors.store.readmodel import ReadModel
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -129,7 +130,7 @@ def readyz(url: str) -> tuple[int, dict]:
         return exc.code, orjson.loads(exc.read())
 
 
-def restarts(part: Part) -> int:
+def restarts(part: Process) -> int:
     return part.log_path.read_text(errors="replace").count("restarting it in")
 
 
@@ -152,7 +153,7 @@ async def test_broker_down_for_30s_under_load_loses_nothing(
     )
     gateway, url = start_gateway(env, tmp_path)
     worker = start_worker(env, tmp_path)
-    poller = Part("poller", env, tmp_path).start()
+    poller = Process.msgstatus("poller", [], env, tmp_path).start()
     model = ReadModel(redis_server.url, topic_prefix)
     run = uuid.uuid4().hex[:6]
     generator = Generator(url, run)
@@ -216,7 +217,7 @@ async def test_broker_down_for_30s_under_load_loses_nothing(
         for mid in polled:  # the poller came back and wrote what it learned
             assert "delivered" in reflected(by_key[f"ryze:{mid}"]), (mid, poller.log_tail())
         for part in (gateway, worker, poller):
-            assert part.alive(), f"{part.command} exited:\n{part.log_tail()}"
+            assert part.alive(), f"{part.name} exited:\n{part.log_tail()}"
         # the read model catches up too
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

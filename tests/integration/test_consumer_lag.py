@@ -8,8 +8,8 @@ from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import REGISTRY
 
 from processors.config import single_broker
+from processors.kafka.topics import ensure_topics
 from processors.ops import lag
-from processors.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 

@@ -20,16 +20,17 @@ import uuid
 
 import pytest
 from support.faults import crm_event, fault_env, judge
-from support.processes import Part, start_gateway, start_worker
+from support.processes import start_gateway, start_worker
 from support.state_contract import forget_redis
 from support.stream import collect, last_status
 
-from processors.traffic import post_all
+from bench.processes import Process
+from bench.traffic import post_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-async def _wait_exit(part: Part, timeout: float) -> int | None:
+async def _wait_exit(part: Process, timeout: float) -> int | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if part.proc is not None and part.proc.poll() is not None:
@@ -48,7 +49,7 @@ async def _scenario(
     controls = [f"c{run}{i}" for i in range(20)]
     status_topic = f"{prefix}message.status"
     first = start_worker(env, tmp_path, "--no-read-model")
-    workers: list[Part] = [first]
+    workers: list[Process] = [first]
     try:
         sends = [crm_event(m, "sent") for m in delivered + controls]
         random.Random(7).shuffle(sends)

@@ -13,9 +13,9 @@ from aiokafka import AIOKafkaProducer
 from support.processes import SECRETS, base_env, start_gateway, start_worker
 from support.stream import check_message, collect
 
-from processors.ingest import raw
+from bench.traffic import Request, post_all
+from processors.kafka import raw
 from processors.providers.base import WebhookRequest
-from processors.traffic import Request, post_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -18,12 +18,13 @@ import pytest
 from support.processes import (
     ROOT,
     SECRETS,
-    Part,
     base_env,
     free_port,
     start_gateway,
     start_worker,
 )
+
+from bench.processes import Process
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +42,7 @@ def run_demo(env: dict[str, str], *args: str, timeout: float = 180) -> subproces
     )
 
 
-def wait_for_metrics(worker: Part, port: str, timeout: float = 60) -> None:
+def wait_for_metrics(worker: Process, port: str, timeout: float = 60) -> None:
     """Like `make run`: the demo measures drops as a difference of the worker's counters."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

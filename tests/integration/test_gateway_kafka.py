@@ -22,7 +22,7 @@ from support.infra import start_kafka
 from support.processes import SECRETS, base_env, start_gateway, start_worker
 from support.stream import check_message, collect, last_status
 
-from processors import traffic
+from bench import traffic
 from processors.providers import meta, twilio
 
 pytestmark = pytest.mark.integration

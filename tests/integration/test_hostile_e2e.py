@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from support.processes import SECRETS, base_env, start_gateway, start_worker
 from support.stream import check_message, collect, last_status
 
-from processors.ingest import raw
+from processors.kafka import raw
 from processors.providers import sendgrid
 from processors.providers.base import WebhookRequest
 from processors.stream.normalize import MAX_DEADLETTER_BYTES, MAX_RECORD_BYTES

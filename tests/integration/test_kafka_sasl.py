@@ -24,9 +24,9 @@ from support.infra import KafkaBroker, local_infra
 from support.processes import SECRETS, base_env, free_port, start_gateway, start_worker
 from support.stream import check_message, last_status
 
-from processors import kafka_client
 from processors.config import Settings
-from processors.topics import ensure_topics
+from processors.kafka import client as kafka_client
+from processors.kafka.topics import ensure_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

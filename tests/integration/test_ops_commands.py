@@ -13,10 +13,10 @@ import pytest
 from support.processes import ROOT, base_env, start_worker
 from support.stream import collect, send_events
 
-from processors.bench.processor import _ends, _wait_consumed
 from processors.config import single_broker
+from processors.kafka import offsets
+from processors.kafka.topics import all_topics, ensure_topics
 from processors.providers import REGISTRY
-from processors.topics import all_topics, ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ def _item(mid: str, status: str) -> dict:
 
 
 async def _raw_end(bootstrap: str, topic: str) -> int:
-    return sum((await _ends(bootstrap, [topic])).values())
+    return sum((await offsets.ends(bootstrap, [topic])).values())
 
 
 async def test_replay_and_redrive(kafka, topic_prefix, tmp_path):
@@ -57,7 +57,7 @@ async def test_replay_and_redrive(kafka, topic_prefix, tmp_path):
     worker = start_worker(env, tmp_path, "--no-read-model")
     try:
         await collect(kafka.bootstrap, status, lambda got: len(got) == 21, timeout=90)
-        await _wait_consumed(kafka.bootstrap, group, [raw_events], 60)
+        await offsets.wait_consumed(kafka.bootstrap, group, [raw_events], 60)
         emitted = await _raw_end(kafka.bootstrap, status)
         assert emitted == 41  # 20 x (sent, delivered) + read
 
@@ -82,7 +82,7 @@ async def test_replay_and_redrive(kafka, topic_prefix, tmp_path):
         assert done.returncode == 0, done.stderr
         assert orjson.loads(done.stdout)["records"] == 1
         assert await _raw_end(kafka.bootstrap, raw_events) == before + 1
-        await _wait_consumed(kafka.bootstrap, group, [raw_events], 60)
+        await offsets.wait_consumed(kafka.bootstrap, group, [raw_events], 60)
         # the parser still rejects "bogus": a new dead letter; "good" is a duplicate
         deadline = time.monotonic() + 30
         while await _raw_end(kafka.bootstrap, deadletter) < 2 and time.monotonic() < deadline:
@@ -103,11 +103,11 @@ async def test_replay_and_redrive(kafka, topic_prefix, tmp_path):
             again = _cli(env, "replay", "--provider", "events")
             assert again.returncode == 0, again.stderr
             assert orjson.loads(again.stdout)["records"] == before * round_
-            await _wait_consumed(kafka.bootstrap, group, [raw_events], 60)
+            await offsets.wait_consumed(kafka.bootstrap, group, [raw_events], 60)
         # the ordering agent, then the emitter, have handled all the replay produced
         agents = f"{topic_prefix}{settings.app_id}"
-        await _wait_consumed(kafka.bootstrap, agents, [settings.topic("status.canonical")], 60)
-        await _wait_consumed(kafka.bootstrap, agents, [settings.topic("status.transitions")], 60)
+        for stage in ("status.canonical", "status.transitions"):
+            await offsets.wait_consumed(kafka.bootstrap, agents, [settings.topic(stage)], 60)
         assert await _raw_end(kafka.bootstrap, status) == emitted, worker.log_tail()
     finally:
         worker.stop()

@@ -19,14 +19,15 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 from support.fake_providers import FakeProviders
-from support.processes import SECRETS, Part, base_env, start_gateway, start_worker
+from support.processes import SECRETS, base_env, start_gateway, start_worker
 from support.stream import check_message, collect, read_to_end
 
+from bench.processes import Process
+from bench.traffic import Request, post_all
 from processors.config import Settings
 from processors.ingest.pollers.runner import Poller, PollerConfig, targets
 from processors.ingest.producer import MemorySink
 from processors.model import parse_time
-from processors.traffic import Request, post_all
 
 pytestmark = pytest.mark.integration
 # POST /v1/events: its own write token where the gateway has one, else the API token
@@ -193,7 +194,7 @@ async def test_asking_the_poller_before_delivery_unknown(kafka, topic_prefix, tm
     env = system_env(kafka, topic_prefix, tmp_path, fake)
     gateway, url = start_gateway(env, tmp_path)
     worker = start_worker(env, tmp_path, "--no-read-model")
-    poller = Part("poller", env, tmp_path).start()
+    poller = Process.msgstatus("poller", [], env, tmp_path).start()
     answered = [f"3EB0{run}a{i}" for i in range(6)]  # stuck in `sent`, `delivered` if asked
     still_sent = [f"3EB0{run}s{i}" for i in range(4)]  # the provider still says `sent`
     controls = [f"crm{run}{i}" for i in range(3)]  # not pollable: fired at the deadline

@@ -20,14 +20,15 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 from support.fake_providers import FakeProviders, max_in_window
-from support.processes import SECRETS, Part, base_env, free_port, start_gateway, start_worker
+from support.processes import SECRETS, base_env, free_port, start_gateway, start_worker
 from support.stream import check_message, collect, last_status
 
+from bench.processes import Process
 from processors import providers
-from processors.config import Settings
-from processors.ingest import raw
-from processors.ingest.pollers.runner import Poller, PollerConfig, targets
+from processors.config import PollerConfig, Settings
+from processors.ingest.pollers.runner import Poller, targets
 from processors.ingest.producer import MemorySink
+from processors.kafka import raw
 
 pytestmark = pytest.mark.integration
 
@@ -275,7 +276,7 @@ async def test_poller_drives_registered_messages_to_their_final_status(
     }
     gateway, url = start_gateway(env, tmp_path)
     worker = start_worker(env, tmp_path)
-    poller = Part("poller", poller_env, tmp_path).start()
+    poller = Process.msgstatus("poller", (), poller_env, tmp_path).start()
     try:
         expected: dict[str, str] = {}
         items: list[dict] = []

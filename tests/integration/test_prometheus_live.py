@@ -39,12 +39,13 @@ from support.fake_providers import FakeProviders
 from support.processes import (
     ROOT,
     SECRETS,
-    Part,
     base_env,
     free_port,
     start_gateway,
     start_worker,
 )
+
+from bench.processes import Process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -137,10 +138,10 @@ def _get(url: str) -> int:
         return 0
 
 
-def wait_answering(part: Part, url: str, timeout: float = 60) -> None:
+def wait_answering(part: Process, url: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert part.alive(), f"{part.command} exited:\n{part.log_tail()}"
+        assert part.alive(), f"{part.name} exited:\n{part.log_tail()}"
         if _get(url) == 200:
             return
         time.sleep(0.3)
@@ -189,15 +190,16 @@ def live(prometheus, kafka, redis_server, tmp_path_factory) -> Any:
         MSGSTATUS_CONSUMER_LAG_INTERVAL="2",
     )
     fake = FakeProviders().start()
-    parts: list[Part] = []
+    parts: list[Process] = []
     try:
         gateway, url = start_gateway(env, tmp)
         parts.append(gateway)
         worker = start_worker(env, tmp)
         parts.append(worker)
         poller_port = free_port()
-        poller = Part(
+        poller = Process.msgstatus(
             "poller",
+            (),
             {
                 **env,
                 "MSGSTATUS_RYZE_API_URL": fake.url,
@@ -212,8 +214,9 @@ def live(prometheus, kafka, redis_server, tmp_path_factory) -> Any:
         parts.append(poller)
         # A gateway whose Kafka does not exist: answers 503 and reports Kafka down.
         dead_port = free_port()
-        lost = Part(
+        lost = Process.msgstatus(
             "gateway",
+            (),
             {
                 **env,
                 "MSGSTATUS_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",

@@ -22,7 +22,7 @@ import pytest
 from support.processes import base_env, start_gateway, start_worker
 from support.stream import check_message, collect, last_status
 
-from processors import traffic
+from bench import traffic
 from processors.model import ENGAGEMENT
 from processors.providers import (
     bandwidth,

@@ -18,10 +18,11 @@ import uuid
 
 import pytest
 from support.faults import AFTER, crm_event, fault_env, judge
-from support.processes import Part, start_gateway, start_worker
+from support.processes import start_gateway, start_worker
 from support.stream import collect, last_status
 
-from processors.traffic import post_all
+from bench.processes import Process
+from bench.traffic import post_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.faults]
 
@@ -63,7 +64,7 @@ async def test_random_sigkills_then_failover(kafka, topic_prefix, tmp_path, seed
     run = uuid.uuid4().hex[:5]
     delivered: list[str] = []
     controls: list[str] = []
-    workers: list[Part] = [start_worker(env, tmp_path, "--no-read-model")]
+    workers: list[Process] = [start_worker(env, tmp_path, "--no-read-model")]
     stop = asyncio.Event()
     generator = asyncio.create_task(_generate(url, run, delivered, controls, stop))
     status_topic = f"{topic_prefix}message.status"

@@ -19,7 +19,7 @@ from support.infra import start_redis
 from support.processes import SECRETS, base_env, start_gateway, start_worker
 from support.stream import check_message, collect, last_status, read_to_end
 
-from processors import traffic
+from bench import traffic
 from processors.model import ENGAGEMENT
 from processors.store.readmodel import Batch, OffsetsMoved, ReadModel, ReadModelUnavailable
 
@@ -307,8 +307,8 @@ async def test_an_idle_projector_rebuilds_a_redis_that_came_back_empty(
     from aiokafka import AIOKafkaProducer
 
     from processors.config import single_broker
+    from processors.kafka.topics import ensure_topics
     from processors.store.projector import Projector
-    from processors.topics import ensure_topics
 
     redis = start_redis(tmp_path / "redis")
     settings = single_broker(

@@ -11,10 +11,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from support.faults import crm_event, fault_env
-from support.processes import Part, free_port, start_gateway, start_worker
+from support.processes import free_port, start_gateway, start_worker
 from support.stream import check_message, collect, last_status
 
-from processors.traffic import post_all
+from bench.processes import Process
+from bench.traffic import post_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,9 +35,9 @@ async def test_workers_joining_and_leaving_re_emit_nothing(kafka, topic_prefix, 
     gateway, url = start_gateway(env, tmp_path)
     run = uuid.uuid4().hex[:6]
     ports = [free_port() for _ in range(3)]
-    workers: list[Part] = []
+    workers: list[Process] = []
 
-    def worker(i: int) -> Part:
+    def worker(i: int) -> Process:
         part = start_worker(
             {**env, "MSGSTATUS_METRICS_PORT": str(ports[i])},
             tmp_path,

@@ -23,15 +23,20 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from support.processes import ROOT, base_env, start_worker
 from support.stream import VALIDATOR, collect
 
-from processors.bench.processor import _ends, _wait_consumed
 from processors.config import single_broker
-from processors.ingest import raw
+from processors.kafka import offsets, raw
+from processors.kafka.topics import (
+    TABLES,
+    all_topics,
+    changelog_topic,
+    ensure_topics,
+    partition_for,
+)
 from processors.ops import journal
 from processors.ops.corrections import effective, published
 from processors.providers import REGISTRY, twilio
 from processors.providers.base import WebhookRequest
 from processors.store.readmodel import ReadModel
-from processors.topics import TABLES, all_topics, changelog_topic, ensure_topics, partition_for
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +93,7 @@ async def _send(bootstrap: str, topic: str, callbacks: list[dict[str, str]]) -> 
 
 
 async def _total(bootstrap: str, topics: list[str]) -> dict[str, int]:
-    ends = await _ends(bootstrap, topics)
+    ends = await offsets.ends(bootstrap, topics)
     out: dict[str, int] = {t: 0 for t in topics}
     for tp, end in ends.items():
         out[tp.topic] += end
@@ -97,7 +102,7 @@ async def _total(bootstrap: str, topics: list[str]) -> dict[str, int]:
 
 async def _records(bootstrap: str, topic: str, after: dict[TopicPartition, int]) -> list:
     """Records appended to `topic` after the offsets `after` (up to the end now)."""
-    ends = await _ends(bootstrap, [topic])
+    ends = await offsets.ends(bootstrap, [topic])
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     out = []
@@ -127,9 +132,9 @@ def _statuses(events: list[dict[str, Any]]) -> list[tuple[int, str]]:
 async def _drained(bootstrap: str, settings: Any, timeout: float = 90) -> None:
     group = f"{settings.topic_prefix}{settings.app_id}"
     raw_topics = [settings.topic(f"raw.{name}") for name in REGISTRY]
-    await _wait_consumed(bootstrap, f"{group}-normalize", raw_topics, timeout)
+    await offsets.wait_consumed(bootstrap, f"{group}-normalize", raw_topics, timeout)
     for name in ("status.conversations", "status.canonical", "status.transitions"):
-        await _wait_consumed(bootstrap, group, [settings.topic(name)], timeout)
+        await offsets.wait_consumed(bootstrap, group, [settings.topic(name)], timeout)
 
 
 class Rebuild:
@@ -228,7 +233,7 @@ async def test_rebuild_after_a_mapping_fix(kafka, redis_server, topic_prefix, tm
         watched = [status, deadletter, raw_twilio]
         tables = [changelog_topic(settings, t) for t in TABLES]
         before = await _total(kafka.bootstrap, watched)
-        table_ends = {t: await _ends(kafka.bootstrap, [t]) for t in tables}
+        table_ends = {t: await offsets.ends(kafka.bootstrap, [t]) for t in tables}
         dry = _cli(env, "rebuild", "--dry-run", "--examples", "2")
         assert dry.returncode == 0, dry.stderr
         preview = orjson.loads(dry.stdout)
@@ -258,7 +263,7 @@ async def test_rebuild_after_a_mapping_fix(kafka, redis_server, topic_prefix, tm
         # --- the rebuild: builds while the worker runs, switches once it is stopped -----
         # It dies after writing the tables of a partition holding a corrected message,
         # before publishing its corrections: the next `msgstatus rebuild` finishes it.
-        status_ends = await _ends(kafka.bootstrap, [status])
+        status_ends = await offsets.ends(kafka.bootstrap, [status])
         crash_at = partition_for(f"twilio:{BAD[0]}", settings.partitions) + 1
         job = Rebuild(
             {**env, "MSGSTATUS_CRASH_AT": f"rebuild-applying:{crash_at}"}, tmp_path, "--all"

@@ -12,10 +12,10 @@ from aiokafka import AIOKafkaProducer
 from support.processes import base_env, start_worker
 from support.stream import collect, send_events
 
-from processors.bench.recovery import fill
+from bench.recovery import fill
 from processors.config import single_broker
+from processors.kafka.topics import all_topics, ensure_topics, partition_for
 from processors.providers import REGISTRY
-from processors.topics import all_topics, ensure_topics, partition_for
 
 pytestmark = pytest.mark.integration
 

@@ -24,10 +24,11 @@ import uuid
 
 import pytest
 from support.faults import AFTER, crm_event, fault_env, judge
-from support.processes import Part, start_gateway, start_worker
+from support.processes import start_gateway, start_worker
 from support.stream import collect, last_status
 
-from processors.traffic import post_all
+from bench.processes import Process
+from bench.traffic import post_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -85,7 +86,7 @@ async def _check(kafka, prefix: str, traffic: Traffic) -> None:
     assert not problems, f"{counts}: {len(problems)} problems: {problems[:10]}"
 
 
-def _workers(env, tmp_path, count: int, start: int = 0) -> list[Part]:
+def _workers(env, tmp_path, count: int, start: int = 0) -> list[Process]:
     return [
         start_worker(env, tmp_path, "--no-read-model", data_dir=tmp_path / f"w{i}")
         for i in range(start, start + count)

@@ -12,7 +12,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from processors import providers
 from processors.config import Settings, single_broker
-from processors.topics import (
+from processors.kafka.topics import (
     MAX_MESSAGE_BYTES,
     TopicSetupError,
     all_topics,

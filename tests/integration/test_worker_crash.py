@@ -11,7 +11,7 @@ import pytest
 from support.processes import SECRETS, base_env, start_gateway, start_worker
 from support.stream import check_message, collect, last_status
 
-from processors import traffic
+from bench import traffic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

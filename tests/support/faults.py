@@ -7,7 +7,7 @@ from pathlib import Path
 
 import orjson
 
-from processors.traffic import Request
+from bench.traffic import Request
 from support.processes import SECRETS, base_env
 from support.stream import check_message, last_status
 

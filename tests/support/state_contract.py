@@ -26,8 +26,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from bench.processes import Process
 from processors.config import Settings, single_broker
-from processors.ingest import raw
+from processors.kafka import raw
+from processors.kafka.topics import all_topics, ensure_topics
 from processors.providers import REGISTRY
 from processors.providers.base import WebhookRequest
 from processors.store.state.redis import partition_keys
@@ -35,8 +37,7 @@ from processors.stream.emission import Emitter, Policy
 from processors.stream.fasttable import ScanDict
 from processors.stream.normalize import normalize
 from processors.stream.ordering import Rules, order_record
-from processors.topics import all_topics, ensure_topics
-from support.processes import Part, base_env
+from support.processes import base_env
 
 PARTITIONS = 4
 AFTER = 3600.0  # no deadline of a normal message comes due during a test
@@ -380,7 +381,7 @@ def worker_env(kafka, redis_server, prefix: str, tmp_path, backend: str) -> dict
     )
 
 
-def watching(parts: list[Part]) -> Any:
+def watching(parts: list[Process]) -> Any:
     def alive() -> None:
         for part in parts:
             if part.proc is not None and part.proc.poll() not in (None, -9):

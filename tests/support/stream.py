@@ -129,7 +129,7 @@ async def send_events(bootstrap: str, topic: str, bodies: list[list[dict[str, An
 
     from aiokafka import AIOKafkaProducer
 
-    from processors.ingest import raw
+    from processors.kafka import raw
     from processors.providers.base import WebhookRequest
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)

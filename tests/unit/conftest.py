@@ -1,9 +1,12 @@
 """Unit tests never reach the network: only loopback and Unix sockets.
 
-An autouse fixture refuses every connection to another address and every name lookup
-of another host, so a unit test that would go out (an SNS certificate fetch, a
-subscription confirmation, a DNS lookup) fails loudly instead of depending on the
-outside world. Integration tests start fakes on 127.0.0.1 and are not affected.
+An autouse fixture refuses every connection, datagram and name lookup for another host
+(socket.connect / connect_ex / sendto, getaddrinfo, gethostbyname, gethostbyname_ex:
+what asyncio's and aiohttp's clients go through), so a unit test that would go out (an
+SNS certificate fetch, a subscription confirmation, a DNS lookup) fails loudly instead
+of depending on the outside world. uvloop's loop connects and resolves in libuv, past
+these: unit tests that make connections run on asyncio's loop. Integration tests start
+fakes on 127.0.0.1 and are not affected.
 """
 
 from __future__ import annotations
@@ -63,7 +66,29 @@ def block_outbound_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             raise NetworkBlocked(f"unit tests must not resolve {host!r}")
         return real_getaddrinfo(host, *args, **kwargs)
 
+    real_sendto = socket.socket.sendto
+    real_gethostbyname = socket.gethostbyname
+    real_gethostbyname_ex = socket.gethostbyname_ex
+
+    def sendto(self: socket.socket, data: Any, *args: Any) -> Any:
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            _check(args[-1])
+        return real_sendto(self, data, *args)
+
+    def gethostbyname(host: Any) -> Any:
+        if not is_local(host):
+            raise NetworkBlocked(f"unit tests must not resolve {host!r}")
+        return real_gethostbyname(host)
+
+    def gethostbyname_ex(host: Any) -> Any:
+        if not is_local(host):
+            raise NetworkBlocked(f"unit tests must not resolve {host!r}")
+        return real_gethostbyname_ex(host)
+
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(socket.socket, "sendto", sendto)
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket, "gethostbyname", gethostbyname)
+    monkeypatch.setattr(socket, "gethostbyname_ex", gethostbyname_ex)
     yield

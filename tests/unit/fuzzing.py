@@ -37,9 +37,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import strategies as st
 
 from processors.config import Settings
-from processors.ingest import raw
 from processors.ingest.gateway import Gateway, make_runner
 from processors.ingest.producer import MAX_REQUEST_BYTES, MemorySink
+from processors.kafka import raw
 from processors.model import CHANNELS, STATUSES
 from processors.providers import (
     REGISTRY,

@@ -15,8 +15,8 @@ import yaml
 from support import promql
 
 from processors import cli
-from processors.config import Settings
-from processors.ingest.pollers.runner import PollerConfig
+from processors.config import PollerConfig, Settings
+from processors.ingest.pollers import MODULES
 
 ROOT = promql.ROOT
 DEPLOY = ROOT / "deploy"
@@ -45,6 +45,9 @@ def known_settings() -> set[str]:
         text = path.read_text()
         names |= set(re.findall(r"MSGSTATUS_[A-Z0-9_]*[A-Z0-9]", text))
         names |= {f"MSGSTATUS_{c}" for c in re.findall(r'= "([A-Z0-9][A-Z0-9_]+)"', text)}
+    for client in MODULES.values():  # each pollable provider's poller settings
+        names |= {f"MSGSTATUS_{client.URL_SETTING}", f"MSGSTATUS_{client.TOKEN_SETTING}"}
+        names.add(f"MSGSTATUS_{client.NAME.upper().replace('-', '_')}_RATE_LIMIT")
     return names
 
 
@@ -57,7 +60,7 @@ def test_known_settings_cover_config_and_constants() -> None:
         "MSGSTATUS_KAFKA_SASL_PASSWORD",
         "MSGSTATUS_REPLICATION_FACTOR",
         "MSGSTATUS_TWILIO_AUTH_TOKEN",  # twilio.SECRET
-        "MSGSTATUS_RYZE_API_URL",  # pollers/ryze.URL_SETTING
+        "MSGSTATUS_RYZE_API_URL",  # ryze's POLLING: pollers.MODULES["ryze"].URL_SETTING
         "MSGSTATUS_POLLER_METRICS_PORT",
     } <= KNOWN
     assert "MSGSTATUS_KAFKA_BOOTSTRAPS" not in KNOWN

@@ -13,10 +13,11 @@ import pytest
 from rocksdict import Options, Rdict
 from support.fake_kafka import FakeProducer
 
+from processors.kafka.writer import MAX_UNIT_BYTES
 from processors.stream import faults
 from processors.stream.fasttable import FastTable, UnitTooLarge
 from processors.stream.fence import Ownership
-from processors.stream.writers import MAX_UNIT_BYTES, PartitionWriters
+from processors.stream.writers import PartitionWriters
 
 OFFSET_KEY = b"__faust\0offset__"
 

@@ -25,9 +25,9 @@ from yarl import URL
 
 from processors import dependencies
 from processors.config import Settings
-from processors.ingest import raw
 from processors.ingest.gateway import Gateway, is_form
 from processors.ingest.producer import MemorySink
+from processors.kafka import raw
 from processors.providers import events, meta, ryze, twilio
 from processors.providers.base import WebhookRequest
 

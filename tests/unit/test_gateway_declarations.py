@@ -20,9 +20,9 @@ from yarl import URL
 
 from processors import providers
 from processors.config import Settings
-from processors.ingest import raw
 from processors.ingest.gateway import Gateway
 from processors.ingest.producer import MemorySink
+from processors.kafka import raw
 from processors.providers import smpp, vonage, vonage_messages
 
 SMPP_TOKEN = "smpp-unit-token-5c1e"
@@ -267,8 +267,9 @@ async def test_unsigned_vonage_messages_callback_is_503(
 )
 def test_registry_refuses_unusable_declarations(attribute: str, value: object) -> None:
     module = types.ModuleType("processors.providers.fake")
-    for name in ("CONTENT_TYPES", "FRAMING", "SIGNATURE_HEADERS", "enabled", "verify", "parse"):
+    for name in ("CONTENT_TYPES", "FRAMING", "SIGNATURE_HEADERS", "COVERAGE", "enabled"):
         setattr(module, name, getattr(smpp, name))
+    module.verify, module.parse = smpp.verify, smpp.parse  # type: ignore[attr-defined]
     module.NAME = "fake"  # type: ignore[attr-defined]
     setattr(module, attribute, value)
     with pytest.raises(TypeError, match=attribute):

@@ -22,9 +22,9 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from fuzzing import SECRETS, SG_KEY, SNS_CERT_URL, SNS_KEY, SNS_TOPIC, RawClient, fuzz_settings
 
 from processors.config import Settings
-from processors.ingest import raw
 from processors.ingest.gateway import Gateway, make_runner
 from processors.ingest.producer import MAX_REQUEST_BYTES, KafkaUnavailable, MemorySink
+from processors.kafka import raw
 from processors.providers import (
     REGISTRY,
     events,
@@ -38,6 +38,7 @@ from processors.providers import (
     twilio,
     vonage,
 )
+from processors.providers.ses import certificates
 from processors.store.readmodel import ReadModelUnavailable
 
 EVENTS_TOKEN = "fuzz-events-token"
@@ -632,7 +633,7 @@ async def test_a_slow_certificate_fetch_does_not_stall_other_requests(
         await asyncio.sleep(0.5)
         return pem
 
-    monkeypatch.setattr(ses, "CERTIFICATES", ses.CertificateStore(slow_fetch))
+    monkeypatch.setattr(certificates, "CERTIFICATES", certificates.CertificateStore(slow_fetch))
     secrets = {k: v for k, v in SECRETS.items() if not k.startswith("SES_SIGNING_CERT")}
     c = await start(fuzz_settings(secrets=secrets), sink)
     try:

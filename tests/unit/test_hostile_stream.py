@@ -22,7 +22,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from processors.config import Settings
-from processors.ingest import raw
+from processors.kafka import raw
 from processors.model import CanonicalEvent, ErrorInfo
 from processors.providers import REGISTRY, limits
 from processors.providers.base import ParseResult, Watermark, WebhookRequest

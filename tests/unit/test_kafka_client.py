@@ -9,9 +9,9 @@ import faust
 import pytest
 from support.tls import make_pki
 
-from processors import kafka_client
 from processors.config import ConfigError, Settings
-from processors.topics import (
+from processors.kafka import client as kafka_client
+from processors.kafka.topics import (
     MAX_MESSAGE_BYTES,
     changelog_topic,
     internal_topics,

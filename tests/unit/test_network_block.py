@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import pytest
 from conftest import NetworkBlocked, is_local
 
-from processors.providers import ses
+from processors.providers.ses import certificates
 
 SNS_URL = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem"
 
@@ -19,6 +20,25 @@ def test_non_loopback_connections_are_refused() -> None:
         socket.getaddrinfo("sns.us-east-1.amazonaws.com", 443)
     with pytest.raises(NetworkBlocked):
         socket.create_connection(("example.com", 80), timeout=1)
+    with pytest.raises(NetworkBlocked):
+        socket.gethostbyname("example.com")
+    with pytest.raises(NetworkBlocked):
+        socket.gethostbyname_ex("example.com")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, pytest.raises(NetworkBlocked):
+        udp.sendto(b"x", ("192.0.2.1", 53))
+
+
+async def test_asyncio_and_aiohttp_clients_cannot_go_out() -> None:
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    with pytest.raises(NetworkBlocked):
+        await loop.getaddrinfo("example.com", 443)
+    with pytest.raises(OSError):
+        await loop.create_connection(asyncio.Protocol, "192.0.2.1", 443)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientError):
+            await session.get("https://example.com/", timeout=aiohttp.ClientTimeout(total=5))
 
 
 def test_loopback_stays_usable() -> None:
@@ -32,4 +52,4 @@ def test_loopback_stays_usable() -> None:
 
 async def test_the_real_certificate_fetch_cannot_go_out() -> None:
     with pytest.raises(OSError):
-        await ses.fetch_certificate(SNS_URL)
+        await certificates.fetch_certificate(SNS_URL)

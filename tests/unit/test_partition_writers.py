@@ -12,8 +12,9 @@ import asyncio
 
 from support.fake_kafka import FakeProducer
 
+from processors.kafka.writer import Unit
 from processors.stream.fence import Fenced, Ownership, Token
-from processors.stream.writers import PartitionWriters, Unit
+from processors.stream.writers import PartitionWriters
 
 
 def _records(prefix: str, n: int, size: int = 10) -> list[tuple[bytes, bytes | None]]:

@@ -8,13 +8,13 @@ import pytest
 from aiokafka.structs import TopicPartition
 
 from processors.config import Settings
-from processors.ingest.pollers import asks, octopods, ryze
+from processors.ingest.pollers import MODULES, asks
 from processors.ingest.pollers.asks import Ask, RequestOffsets, read_request
 from processors.ingest.pollers.runner import UNAUTHORIZED, Poller, PollerConfig, targets
 from processors.ingest.producer import MemorySink
 
 TP = TopicPartition("p.status.pollrequests", 2)
-SPECS = {"ryze": ryze.SPEC, "octopods": octopods.SPEC}
+SPECS = {name: MODULES[name].SPEC for name in ("ryze", "octopods")}
 NOW = 1_763_900_000.0
 
 

@@ -21,15 +21,26 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> str:
     return capsys.readouterr().out
 
 
-def test_every_registered_provider_has_a_coverage_entry() -> None:
-    missing = sorted(set(providers.REGISTRY) - set(coverage.TABLE))
-    assert not missing, f"add {missing} to processors/providers/coverage.py TABLE"
+def test_the_registry_refuses_a_provider_without_coverage() -> None:
+    import types
+
+    module = types.ModuleType("processors.providers.fake")
+    twilio = providers.REGISTRY["twilio"]
+    for name in ("NAME", "CONTENT_TYPES", "FRAMING", "SIGNATURE_HEADERS", "enabled", "verify"):
+        setattr(module, name, getattr(twilio, name))
+    module.parse = twilio.parse  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match="COVERAGE"):
+        providers._collect({"fake": module})
+    module.COVERAGE = {"channels": ("sms",)}  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match="COVERAGE"):
+        providers._collect({"fake": module})
 
 
 def test_coverage_entries_use_real_words() -> None:
     from processors.model import CHANNELS
 
-    for name, entry in coverage.TABLE.items():
+    for name, module in providers.REGISTRY.items():
+        entry = module.COVERAGE
         assert set(entry.channels) <= CHANNELS | {"any"}, name
         assert set(entry.receipts) <= set(entry.channels) | CHANNELS, name
         for kinds in entry.receipts.values():
@@ -42,10 +53,10 @@ def test_statuses_come_from_each_modules_status_map() -> None:
         table = getattr(module, "STATUS_MAP", None)
         if not isinstance(table, dict):
             continue
-        listed = coverage.statuses_of(module, coverage.TABLE.get(name, coverage.UNKNOWN))
+        listed = coverage.statuses_of(module, module.COVERAGE)
         assert set(table.values()) <= set(listed), name
     ryze = providers.REGISTRY["ryze"]
-    assert coverage.statuses_of(ryze, coverage.TABLE["ryze"]) == [
+    assert coverage.statuses_of(ryze, ryze.COVERAGE) == [
         "queued", "sent", "delivered", "read", "played", "failed", "received"
     ]  # fmt: skip
 

@@ -19,9 +19,16 @@ from aiokafka.record.default_records import DefaultRecordBatch
 from processors.config import Settings
 from processors.ingest import producer as producer_module
 from processors.ingest.producer import Deadlines, KafkaRawSink, KafkaUnavailable
-from processors.ingest.raw import RawRecord
+from processors.kafka.raw import RawRecord
 
 PARTITIONS = {"t.raw.twilio": {0, 1, 2, 3}, "t.raw.meta": {0, 1}}
+
+
+class Acked:
+    """What aiokafka's batch future gives with acks=all (RecordMetadata): its base offset."""
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
 
 
 class FakeProducer:
@@ -56,7 +63,7 @@ class FakeProducer:
         if self.fail_partition and self.fail_partition[:2] == (topic, partition):
             future.set_exception(self.fail_partition[2])
         elif self.auto_ack:
-            future.set_result(None)
+            future.set_result(Acked(0))
         return future
 
     def records(self) -> list[tuple[str, int, bytes, bytes, list[tuple[str, bytes]]]]:
@@ -174,7 +181,7 @@ async def test_no_acknowledgement_within_the_timeout_is_kafka_unavailable():
     assert 0.18 <= waited < 1.0
     # a late acknowledgement of a request already answered 503 changes nothing
     for *_, future in fake.sent:
-        future.set_result(None)
+        future.set_result(Acked(0))
     await asyncio.sleep(0)
     await sink.stop()
 

@@ -9,11 +9,11 @@ import pytest
 from aiokafka import TopicPartition
 
 from processors.config import Settings
+from processors.kafka.topics import CANONICAL, all_topics, changelog_topic, raw_topic
 from processors.ops import corrections as c
 from processors.ops import journal, rebuild, shadow
 from processors.ops.progress import Progress, clock, render
 from processors.ops.switch import Scope, Tally
-from processors.topics import CANONICAL, all_topics, changelog_topic, raw_topic
 
 LIVE = Settings(kafka_bootstrap="127.0.0.1:1", topic_prefix="p.", data_dir="/srv/msgstatus")
 

@@ -12,12 +12,12 @@ import pytest
 
 from processors import dependencies, probes
 from processors.config import Settings
+from processors.kafka.writer import MAX_UNIT_BYTES
 from processors.store.state.redis import apply_args, decode_stored, partition_keys
 from processors.store.state.redis_batch import ABSENT, Cache, Learnt, RedisBatch, Scan
 from processors.stream import app as worker_app
 from processors.stream.deadlines import DEADLINE
 from processors.stream.fasttable import UnitTooLarge
-from processors.stream.writers import MAX_UNIT_BYTES
 
 
 async def test_the_rocksdb_backend_declares_faust_tables(tmp_path):

@@ -7,13 +7,13 @@ from typing import Any
 import orjson
 import pytest
 
-from processors.ingest import raw
+from processors.kafka import raw
+from processors.kafka.topics import partition_for
 from processors.model import CanonicalEvent
 from processors.providers import meta
 from processors.providers.base import WebhookRequest
 from processors.stream import watermarks as wm
 from processors.stream.normalize import normalize
-from processors.topics import partition_for
 
 CONV = "1234567890:5678"
 OTHER = "1234567890:9999"
@@ -223,8 +223,8 @@ def test_worker_tables_have_their_changelogs_created_up_front(tmp_path):
     """all_topics() names every Faust changelog the worker declares (topics.TABLES)."""
     from processors import providers
     from processors.config import Settings
+    from processors.kafka.topics import CONVERSATIONS, all_topics
     from processors.stream.app import build
-    from processors.topics import CONVERSATIONS, all_topics
 
     settings = Settings(data_dir=str(tmp_path), topic_prefix="tunit.")
     app = build(settings)

@@ -41,9 +41,8 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 from prometheus_client import Counter, Gauge, start_http_server
 
-from processors import dependencies, kafka_client, providers
-from processors.config import ConfigError, Settings
-from processors.ingest import raw
+from processors import dependencies, providers
+from processors.config import ConfigError, PollerConfig, Settings
 from processors.ingest.pollers import MODULES, asks
 from processors.ingest.pollers.asks import Ask, RequestOffsets
 from processors.ingest.pollers.tracker import (
@@ -59,9 +58,11 @@ from processors.ingest.pollers.tracker import (
     is_news,
 )
 from processors.ingest.producer import KafkaRawSink, KafkaUnavailable, RawSink
+from processors.kafka import client as kafka_client
+from processors.kafka import raw
+from processors.kafka.topics import POLL_REQUESTS, STATUS, ensure_topics, raw_topic
 from processors.ops.lag import CONSUMER_LAG
 from processors.providers.base import FramingError, WebhookRequest
-from processors.topics import POLL_REQUESTS, STATUS, ensure_topics, raw_topic
 
 log = logging.getLogger("msgstatus.poller")
 
@@ -130,55 +131,6 @@ KAFKA_RETRY_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
-class PollerConfig:
-    interval: float = 15.0
-    max_age: float = 72 * 3600.0
-    backoff_base: float = 1.0
-    backoff_max: float = 300.0
-    concurrency: int = 4
-    request_timeout: float = 10.0
-    metrics_port: int = 6067
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> PollerConfig:
-        d = cls()
-        config = cls(
-            interval=_number(settings, "POLL_INTERVAL", d.interval),
-            max_age=_number(settings, "POLL_MAX_AGE", d.max_age),
-            backoff_base=_number(settings, "POLL_BACKOFF_BASE", d.backoff_base),
-            backoff_max=_number(settings, "POLL_BACKOFF_MAX", d.backoff_max),
-            concurrency=int(_number(settings, "POLL_CONCURRENCY", d.concurrency, integer=True)),
-            request_timeout=_number(settings, "POLL_TIMEOUT", d.request_timeout),
-            metrics_port=int(_number(settings, "POLLER_METRICS_PORT", d.metrics_port, True)),
-        )
-        for name, value in (
-            ("POLL_INTERVAL", config.interval),
-            ("POLL_MAX_AGE", config.max_age),
-            ("POLL_BACKOFF_BASE", config.backoff_base),
-            ("POLL_BACKOFF_MAX", config.backoff_max),
-            ("POLL_CONCURRENCY", config.concurrency),
-            ("POLL_TIMEOUT", config.request_timeout),
-        ):
-            if value <= 0:
-                raise ConfigError(f"MSGSTATUS_{name} must be positive, got {value}")
-        return config
-
-
-def _number(settings: Settings, name: str, default: float, integer: bool = False) -> float:
-    raw_value = settings.secrets.get(name)
-    if raw_value is None or raw_value == "":
-        return default
-    try:
-        value = int(raw_value) if integer else float(raw_value)
-    except ValueError:
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"MSGSTATUS_{name} must be {kind}, got {raw_value!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"MSGSTATUS_{name} must be a non-negative number, got {raw_value!r}")
-    return value
-
-
-@dataclass(frozen=True, slots=True)
 class Target:
     """A poll-only provider with its API configured."""
 
@@ -193,7 +145,7 @@ def targets(settings: Settings) -> list[Target]:
     """Every poll-only provider whose API URL and token are set (the others are off)."""
     found: list[Target] = []
     for name, module in MODULES.items():
-        url = settings.secret(module.URL_SETTING)
+        url = settings.poll_api_url(name)
         token = settings.secret(module.TOKEN_SETTING)
         if not url and not token:
             continue
@@ -202,9 +154,7 @@ def targets(settings: Settings) -> list[Target]:
             raise ConfigError(f"{name} polling needs MSGSTATUS_{missing} as well")
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"MSGSTATUS_{module.URL_SETTING} must be an http(s) URL")
-        limit = int(_number(settings, module.RATE_SETTING, module.DEFAULT_RATE_LIMIT, True))
-        if limit < 1:
-            raise ConfigError(f"MSGSTATUS_{module.RATE_SETTING} must be at least 1 per minute")
+        limit = settings.poller.rate_limits.get(name, module.DEFAULT_RATE_LIMIT)
         found.append(Target(name, module, url, token, limit))
     return found
 

@@ -24,9 +24,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from processors.kafka.writer import MAX_UNIT_BYTES, RECORD_OVERHEAD
 from processors.stream.deadlines import DEADLINE, EXPIRY, MARKER_EXPIRY
 from processors.stream.fasttable import Scannable, UnitTooLarge
-from processors.stream.writers import MAX_UNIT_BYTES, RECORD_OVERHEAD
 
 INDEX_PREFIXES = (DEADLINE, EXPIRY, MARKER_EXPIRY)
 ABSENT = 0  # the version of a key that does not exist (stored versions start at 1)

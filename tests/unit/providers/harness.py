@@ -1,10 +1,11 @@
 """Shared, data-driven harness for provider modules (after courier's handlertest).
 
-A provider test lists cases (fixture file -> expected events, ignored count, dead-letter
-reasons); the harness builds the request with a frozen clock, parses it, compares, and
-checks the invariants every CanonicalEvent must keep. It also holds the mandatory
-negative cases: the signature contract and a mutation fuzz that must never make parse()
-raise anything but FramingError.
+A provider's test module declares cases (fixture file -> expected events, ignored count,
+dead-letter reasons) and its signature contract; test_contract.py runs them for every
+provider of the registry. The harness builds the request with a frozen clock, parses it,
+compares, and checks the invariants every CanonicalEvent must keep. It also holds the
+mandatory negative cases: the signature contract and mutation fuzzing that must never
+make parse() raise anything but FramingError, nor verify() anything but SignatureError.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 import pytest
@@ -86,14 +87,16 @@ def request(
 
 
 def settings(
-    api_token: str | None = None, events_token: str | None = None, **secrets: str
+    api_token: str | None = None, events_token: str | None = None, **values: str
 ) -> Settings:
-    """Settings with provider secrets given by their names without MSGSTATUS_."""
-    return Settings(
-        api_token=api_token,
-        events_token=events_token,
-        secrets={k.upper(): v for k, v in secrets.items()},
-    )
+    """Settings as the environment would give them: provider secrets and provider
+    settings named without MSGSTATUS_ (typed and checked like at start-up)."""
+    env = {f"MSGSTATUS_{k.upper()}": v for k, v in values.items()}
+    if api_token is not None:
+        env["MSGSTATUS_API_TOKEN"] = api_token
+    if events_token is not None:
+        env["MSGSTATUS_EVENTS_TOKEN"] = events_token
+    return Settings.from_env(env)
 
 
 def form(pairs: Sequence[tuple[str, str]]) -> bytes:
@@ -207,6 +210,9 @@ class SignatureContract:
     # time; None when the scheme signs none (then "replayed" does not apply).
     sign_at: Callable[[bytes, str, float], WebhookRequest] | None = None
     window: float = 300.0  # the replay window those settings give
+    # The request without its credential, where that is more than dropping auth_headers
+    # (a `?token=` in the URL, a `sig` inside the body).
+    unsigned: Callable[[bytes], WebhookRequest] | None = None
 
     def settings(self, **overrides: str) -> Settings:
         values = {self.secret_name: self.secret, **self.extra_settings, **overrides}
@@ -230,10 +236,14 @@ def check_signature(contract: SignatureContract, check: str) -> None:
         with pytest.raises(SignatureError):
             module.verify(req, good)
     elif check == "missing_header":
-        req = contract.sign(contract.body, contract.secret)
-        headers = {k: v for k, v in req.headers.items() if k not in contract.auth_headers}
+        if contract.unsigned is not None:
+            bare = contract.unsigned(contract.body)
+        else:
+            req = contract.sign(contract.body, contract.secret)
+            headers = {k: v for k, v in req.headers.items() if k not in contract.auth_headers}
+            bare = _with(req, headers=headers)
         with pytest.raises(SignatureError) as info:
-            module.verify(_with(req, headers=headers), good)
+            module.verify(bare, good)
         assert contract.secret not in str(info.value)
     elif check == "tampered_body":
         req = contract.sign(contract.body, contract.secret)
@@ -402,6 +412,26 @@ def fuzz_json_fixture(module: ModuleType, name: str) -> int:
         body = json.dumps(mutated).encode()  # stdlib: big ints and surrogates pass through
         parse_never_raises(module, body, "application/json")
         tried += 1
+    return tried
+
+
+FORM = "application/x-www-form-urlencoded"
+FORM_JUNK = ("", " ", "x" * 5000, "9" * 400, "-1", "\x00", "\u00b2", "%", "stat:", "id: err:")
+
+
+def fuzz_form_fixture(module: ModuleType, name: str) -> int:
+    """Every form fixture with one field dropped, or its value replaced by junk."""
+    pairs = parse_qsl(fixture(module.NAME, name).decode(), keep_blank_values=True)
+    tried = 0
+    for index in range(len(pairs)):
+        dropped = pairs[:index] + pairs[index + 1 :]
+        if dropped:
+            parse_never_raises(module, form(dropped), FORM)
+        for junk in FORM_JUNK:
+            mutated = list(pairs)
+            mutated[index] = (pairs[index][0], junk)
+            parse_never_raises(module, form(mutated), FORM)
+            tried += 1
     return tried
 
 

@@ -9,9 +9,8 @@ import hmac
 import json
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
+from processors.config import ConfigError
 from processors.providers import bird, jwt_hmac
 from processors.providers.base import FramingError, SignatureError
 
@@ -87,11 +86,6 @@ CASES = [
         ],
     ),
 ]
-
-
-@h.cases(CASES)
-def test_fixture(case: h.Case) -> None:
-    h.run_case(bird, case)
 
 
 def test_account_time_and_failure_details() -> None:
@@ -269,10 +263,9 @@ CONTRACT = h.SignatureContract(
     extra_settings={"BIRD_MAX_AGE": "300"},
 )
 
-
-@pytest.mark.parametrize("check", h.FULL_SIGNATURE_CHECKS)
-def test_signature_contract(check: str) -> None:
-    h.check_signature(CONTRACT, check)
+CHECKS = h.FULL_SIGNATURE_CHECKS
+MIN_MUTATIONS = 20
+VERIFY_FUZZ = [(CONTRACT.settings(BIRD_LEGACY_SIGNING_KEY=LEGACY_KEY), URL)]
 
 
 def test_signature_is_bird_s_documented_construction() -> None:
@@ -293,8 +286,8 @@ def test_max_age_widens_the_window_for_retries() -> None:
     too_old = signed_at(CONTRACT.body, KEY, h.RECEIVED_AT - 10 * 3600)
     with pytest.raises(SignatureError, match="window"):
         bird.verify(too_old, h.settings(BIRD_SIGNING_KEY=KEY))
-    with pytest.raises(SignatureError, match="MAX_AGE"):
-        bird.verify(old, CONTRACT.settings(BIRD_MAX_AGE="soon"))
+    with pytest.raises(ConfigError, match="MSGSTATUS_BIRD_MAX_AGE"):  # refused at start
+        CONTRACT.settings(BIRD_MAX_AGE="soon")
 
 
 def test_the_query_string_is_part_of_the_signed_url() -> None:
@@ -367,26 +360,3 @@ def test_legacy_refusals() -> None:
     # a legacy token is not looked at unless the legacy key is configured
     with pytest.raises(SignatureError, match="missing messagebird-signature"):
         bird.verify(legacy_get(query), CONTRACT.settings())
-
-
-# --- robustness ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", [c.fixture for c in CASES if c.fixture.endswith(".json")])
-def test_json_mutations_never_crash(name: str) -> None:
-    assert h.fuzz_json_fixture(bird, name) > 20
-
-
-def test_junk_bodies_never_crash() -> None:
-    h.fuzz_junk(bird)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=256))
-def test_random_bytes_never_crash(body: bytes) -> None:
-    h.parse_never_raises(bird, body, "application/json")
-    h.parse_never_raises(bird, body, "application/x-www-form-urlencoded")
-
-
-def test_verify_never_crashes_on_junk() -> None:
-    h.fuzz_verify(bird, CONTRACT.settings(BIRD_LEGACY_SIGNING_KEY=LEGACY_KEY), url=URL)

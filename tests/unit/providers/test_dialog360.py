@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from processors.providers import dialog360, meta
 from processors.providers.base import FramingError, SignatureError
@@ -54,11 +52,6 @@ CASES = [
     ),
     h.Case("onpremise_inbound.json", [], ignored=1),
 ]
-
-
-@h.cases(CASES)
-def test_fixture(case: h.Case) -> None:
-    h.run_case(dialog360, case)
 
 
 def test_cloud_account_and_time() -> None:
@@ -136,11 +129,6 @@ CONTRACT = h.SignatureContract(
 )
 
 
-@pytest.mark.parametrize("check", h.SIGNATURE_CHECKS)
-def test_signature_contract(check: str) -> None:
-    h.check_signature(CONTRACT, check)
-
-
 @pytest.mark.parametrize(
     "headers",
     [{"D360-API-KEY": TOKEN}, {"token": TOKEN}, {"Authorization": f"Bearer {TOKEN}"}],
@@ -160,23 +148,7 @@ def test_wrong_key_in_the_360dialog_header_wins_over_a_good_bearer() -> None:
 # --- robustness -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", [c.fixture for c in CASES])
-def test_json_mutations_never_crash(name: str) -> None:
-    assert h.fuzz_json_fixture(dialog360, name) > 10
-
-
-def test_junk_bodies_never_crash() -> None:
-    h.fuzz_junk(dialog360)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=256))
-def test_random_bytes_never_crash(body: bytes) -> None:
-    h.parse_never_raises(dialog360, body, "application/json")
-
-
-def test_verify_never_crashes_on_junk() -> None:
-    h.fuzz_verify(dialog360, CONTRACT.settings())
+def test_a_non_ascii_api_key_is_refused() -> None:
     junk = {"d360-api-key": "\u00e9"}
     with pytest.raises(SignatureError):
         dialog360.verify(h.request("360dialog", b"{}", headers=junk), CONTRACT.settings())

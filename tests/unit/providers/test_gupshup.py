@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from processors.providers import gupshup
-from processors.providers.base import FramingError, SignatureError
+from processors.providers.base import FramingError
 
 from . import harness as h
 
@@ -49,11 +47,6 @@ CASES = [
         dead=["gupshup v3 status without gs_id"],
     ),
 ]
-
-
-@h.cases(CASES)
-def test_fixture(case: h.Case) -> None:
-    h.run_case(M, case)
 
 
 def test_times_and_accounts() -> None:
@@ -184,42 +177,14 @@ CONTRACT = h.SignatureContract(
     body_bound=False,
     extra_settings={"AFRICASTALKING_TOKEN": "at-token"},
     wrong_account=lambda body: in_url(body, "at-token"),
+    unsigned=lambda body: h.request(M.NAME, body),
 )
 
-
-@pytest.mark.parametrize("check", h.FULL_SIGNATURE_CHECKS)
-def test_signature_contract(check: str) -> None:
-    if check == "missing_header":  # here: the URL without its token
-        with pytest.raises(SignatureError) as info:
-            M.verify(h.request(M.NAME, CONTRACT.body), CONTRACT.settings())
-        assert TOKEN not in str(info.value)
-        return
-    h.check_signature(CONTRACT, check)
+CHECKS = h.FULL_SIGNATURE_CHECKS
+MIN_MUTATIONS = 20
 
 
 def test_token_header_and_bearer_work_too() -> None:
     good = CONTRACT.settings()
     M.verify(h.request(M.NAME, CONTRACT.body, headers={"token": TOKEN}), good)
     M.verify(h.request(M.NAME, CONTRACT.body, headers={"authorization": f"Bearer {TOKEN}"}), good)
-
-
-# --- robustness ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", [c.fixture for c in CASES])
-def test_json_mutations_never_crash(name: str) -> None:
-    assert h.fuzz_json_fixture(M, name) > 20
-
-
-def test_junk_bodies_never_crash() -> None:
-    h.fuzz_junk(M)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=256))
-def test_random_bytes_never_crash(body: bytes) -> None:
-    h.parse_never_raises(M, body, "application/json")
-
-
-def test_verify_never_crashes_on_junk() -> None:
-    h.fuzz_verify(M, CONTRACT.settings())

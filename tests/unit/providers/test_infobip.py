@@ -6,8 +6,6 @@ import datetime as dt
 import json
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from processors.providers import infobip
 from processors.providers.base import FramingError
@@ -68,11 +66,6 @@ CASES = [
         [("infobip:MESSAGE-ID-790-d", "rejected", "SIGNALS_BLOCKED", "sms", "carrier_filtered")],
     ),
 ]
-
-
-@h.cases(CASES)
-def test_fixture(case: h.Case) -> None:
-    h.run_case(infobip, case)
 
 
 def test_done_at_is_the_event_time() -> None:
@@ -195,30 +188,3 @@ CONTRACT = h.SignatureContract(
     body_bound=False,
     extra_settings={"INFOBIP_USER": USER},
 )
-
-
-@pytest.mark.parametrize("check", h.SIGNATURE_CHECKS)
-def test_signature_contract(check: str) -> None:
-    h.check_signature(CONTRACT, check)
-
-
-# --- robustness -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", [c.fixture for c in CASES])
-def test_json_mutations_never_crash(name: str) -> None:
-    assert h.fuzz_json_fixture(infobip, name) > 10
-
-
-def test_junk_bodies_never_crash() -> None:
-    h.fuzz_junk(infobip)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=256))
-def test_random_bytes_never_crash(body: bytes) -> None:
-    h.parse_never_raises(infobip, body, "application/json")
-
-
-def test_verify_never_crashes_on_junk() -> None:
-    h.fuzz_verify(infobip, CONTRACT.settings())

@@ -25,11 +25,6 @@ CASES = [
 ]
 
 
-@h.cases(CASES)
-def test_fixture(case: h.Case) -> None:
-    h.run_case(line, case)
-
-
 EVENT_TYPES = [
     "message",
     "unsend",
@@ -86,10 +81,7 @@ CONTRACT = h.SignatureContract(
     auth_headers=("x-line-signature",),
 )
 
-
-@pytest.mark.parametrize("check", h.SIGNATURE_CHECKS)
-def test_signature_contract(check: str) -> None:
-    h.check_signature(CONTRACT, check)
+MIN_MUTATIONS = 5
 
 
 def test_signature_is_documented_recipe() -> None:
@@ -98,20 +90,7 @@ def test_signature_is_documented_recipe() -> None:
     assert line.calculate_signature(SECRET, body) == base64.b64encode(digest).decode()
 
 
-def test_verify_never_crashes_on_junk() -> None:
-    h.fuzz_verify(line, CONTRACT.settings())
-
-
 # --- robustness -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", [c.fixture for c in CASES])
-def test_mutations_never_crash(name: str) -> None:
-    assert h.fuzz_json_fixture(line, name) > 5
-
-
-def test_junk_bodies_never_crash() -> None:
-    h.fuzz_junk(line)
 
 
 JSON = st.recursive(

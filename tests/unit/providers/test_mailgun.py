@@ -50,11 +50,6 @@ CASES = [
 ]
 
 
-@h.cases(CASES)
-def test_fixture(case: h.Case) -> None:
-    h.run_case(mailgun, case)
-
-
 def event_data(name: str = "delivered.json") -> dict[str, Any]:
     return json.loads(h.fixture("mailgun", name))["event-data"]
 
@@ -166,11 +161,12 @@ CONTRACT = h.SignatureContract(
     auth_headers=(),
 )
 
+# the credential is inside the signed body: there is no header to leave out
+CHECKS = tuple(c for c in h.SIGNATURE_CHECKS if c != "missing_header")
+MIN_MUTATIONS = 20
+
 
 # The proof is in the body: "missing header" becomes the missing-field tests below.
-@pytest.mark.parametrize("check", [c for c in h.SIGNATURE_CHECKS if c != "missing_header"])
-def test_signature_contract(check: str) -> None:
-    h.check_signature(CONTRACT, check)
 
 
 def test_signature_is_mailgun_hmac() -> None:
@@ -238,20 +234,7 @@ def test_the_token_is_the_replay_key() -> None:
         mailgun.verify(resigned(token="tok\nen"), CONTRACT.settings())
 
 
-def test_verify_never_crashes_on_junk() -> None:
-    h.fuzz_verify(mailgun, CONTRACT.settings())
-
-
 # --- robustness -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", [c.fixture for c in CASES])
-def test_mutations_never_crash(name: str) -> None:
-    assert h.fuzz_json_fixture(mailgun, name) > 20
-
-
-def test_junk_bodies_never_crash() -> None:
-    h.fuzz_junk(mailgun)
 
 
 JSON = st.recursive(

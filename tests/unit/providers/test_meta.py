@@ -73,11 +73,6 @@ CASES = [
 ]
 
 
-@h.cases(CASES)
-def test_fixture(case: h.Case) -> None:
-    h.run_case(meta, case)
-
-
 def test_failed_status_details() -> None:
     result, _ = h.parse_case(meta, h.Case("failed_131047.json", []))
     (event,) = result.events
@@ -245,10 +240,7 @@ CONTRACT = h.SignatureContract(
     auth_headers=("x-hub-signature-256",),
 )
 
-
-@pytest.mark.parametrize("check", h.SIGNATURE_CHECKS)
-def test_signature_contract(check: str) -> None:
-    h.check_signature(CONTRACT, check)
+MIN_MUTATIONS = 50
 
 
 def test_signature_format() -> None:
@@ -301,15 +293,6 @@ def test_handshake_refused(query: dict[str, str], configured: bool) -> None:
 # --- robustness -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", [c.fixture for c in CASES])
-def test_mutations_never_crash(name: str) -> None:
-    assert h.fuzz_json_fixture(meta, name) > 50
-
-
-def test_junk_bodies_never_crash() -> None:
-    h.fuzz_junk(meta)
-
-
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda inner: (
@@ -342,13 +325,3 @@ SHAPED = st.fixed_dictionaries(
 @given(st.one_of(JSON, SHAPED))
 def test_random_json_never_crashes(doc: object) -> None:
     h.parse_never_raises(meta, json.dumps(doc).encode(), "application/json")
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=256))
-def test_random_bytes_never_crash(body: bytes) -> None:
-    h.parse_never_raises(meta, body, "application/json")
-
-
-def test_verify_never_crashes_on_junk() -> None:
-    h.fuzz_verify(meta, CONTRACT.settings())

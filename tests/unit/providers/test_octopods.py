@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from processors.providers import octopods
 from processors.providers.base import FramingError
@@ -84,11 +82,6 @@ CASES = [
         dead=["unknown octopods status 'VANISHED'"],
     ),
 ]
-
-
-@h.cases(CASES)
-def test_fixture(case: h.Case) -> None:
-    h.run_case(octopods, case)
 
 
 def _item(word: str, reason: object = None, **extra: object) -> bytes:
@@ -170,33 +163,6 @@ CONTRACT = h.SignatureContract(
 )
 
 
-@pytest.mark.parametrize("check", h.SIGNATURE_CHECKS)
-def test_signature_contract(check: str) -> None:
-    h.check_signature(CONTRACT, check)
-
-
 def test_bearer_is_accepted() -> None:
     req = h.request("octopods", CONTRACT.body, headers={"authorization": f"Bearer {TOKEN}"})
     octopods.verify(req, CONTRACT.settings())
-
-
-# --- robustness -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", [c.fixture for c in CASES])
-def test_json_mutations_never_crash(name: str) -> None:
-    assert h.fuzz_json_fixture(octopods, name) > 10
-
-
-def test_junk_bodies_never_crash() -> None:
-    h.fuzz_junk(octopods)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=256))
-def test_random_bytes_never_crash(body: bytes) -> None:
-    h.parse_never_raises(octopods, body, "application/json")
-
-
-def test_verify_never_crashes_on_junk() -> None:
-    h.fuzz_verify(octopods, CONTRACT.settings())

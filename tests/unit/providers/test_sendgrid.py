@@ -64,11 +64,6 @@ CASES = [
 ]
 
 
-@h.cases(CASES)
-def test_fixture(case: h.Case) -> None:
-    h.run_case(sendgrid, case)
-
-
 # PROVIDERS.md "Email", SendGrid: every mapping line.
 @pytest.mark.parametrize(
     ("word", "status"),
@@ -191,10 +186,7 @@ CONTRACT = h.SignatureContract(
     auth_headers=(sendgrid.SIGNATURE_HEADER,),
 )
 
-
-@pytest.mark.parametrize("check", h.SIGNATURE_CHECKS)
-def test_signature_contract(check: str) -> None:
-    h.check_signature(CONTRACT, check)
+MIN_MUTATIONS = 20
 
 
 def test_signature_covers_the_timestamp() -> None:
@@ -277,20 +269,7 @@ def test_unusable_configured_key_refuses(configured: str) -> None:
         sendgrid.verify(signed(CONTRACT.body, PUBLIC), h.settings(SENDGRID_PUBLIC_KEY=configured))
 
 
-def test_verify_never_crashes_on_junk() -> None:
-    h.fuzz_verify(sendgrid, CONTRACT.settings())
-
-
 # --- robustness -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", [c.fixture for c in CASES])
-def test_mutations_never_crash(name: str) -> None:
-    assert h.fuzz_json_fixture(sendgrid, name) > 20
-
-
-def test_junk_bodies_never_crash() -> None:
-    h.fuzz_junk(sendgrid)
 
 
 JSON = st.recursive(

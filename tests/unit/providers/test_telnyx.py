@@ -8,8 +8,6 @@ import json
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from processors.providers import telnyx
 from processors.providers.base import FramingError, SignatureError
@@ -81,11 +79,6 @@ CASES = [
     ),
     h.Case("unknown_status.json", [], dead=["unknown telnyx status 'teleported'"]),
 ]
-
-
-@h.cases(CASES)
-def test_fixture(case: h.Case) -> None:
-    h.run_case(telnyx, case)
 
 
 def _event(word: str, kind: str = "message.finalized", errors: list | None = None) -> bytes:
@@ -215,10 +208,8 @@ CONTRACT = h.SignatureContract(
     sign_at=signed_at,
 )
 
-
-@pytest.mark.parametrize("check", h.FULL_SIGNATURE_CHECKS)
-def test_signature_contract(check: str) -> None:
-    h.check_signature(CONTRACT, check)
+CHECKS = h.FULL_SIGNATURE_CHECKS
+MIN_MUTATIONS = 20
 
 
 def test_signed_bytes_are_timestamp_pipe_body() -> None:
@@ -256,25 +247,3 @@ def test_malformed_timestamp_is_refused(stamp: str) -> None:
     headers = telnyx.sign(body, KEY, h.RECEIVED_AT) | {telnyx.TIMESTAMP_HEADER: stamp}
     with pytest.raises(SignatureError):
         telnyx.verify(h.request("telnyx", body, headers=headers), CONTRACT.settings())
-
-
-# --- robustness ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", [c.fixture for c in CASES])
-def test_json_mutations_never_crash(name: str) -> None:
-    assert h.fuzz_json_fixture(telnyx, name) > 20
-
-
-def test_junk_bodies_never_crash() -> None:
-    h.fuzz_junk(telnyx)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=256))
-def test_random_bytes_never_crash(body: bytes) -> None:
-    h.parse_never_raises(telnyx, body, "application/json")
-
-
-def test_verify_never_crashes_on_junk() -> None:
-    h.fuzz_verify(telnyx, CONTRACT.settings())

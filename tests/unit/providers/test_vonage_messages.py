@@ -10,9 +10,8 @@ import json
 
 import orjson
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
+from processors.config import ConfigError
 from processors.providers import jwt_hmac, vonage_messages
 from processors.providers.base import FramingError, RetryLater, SignatureError
 
@@ -99,11 +98,6 @@ CASES = [
     ),
     h.Case("unknown_status.json", [], dead=["unknown vonage-messages status 'teleported'"]),
 ]
-
-
-@h.cases(CASES)
-def test_fixture(case: h.Case) -> None:
-    h.run_case(M, case)
 
 
 def _status(word: str, error: dict[str, object] | None = None, channel: str = "sms") -> bytes:
@@ -258,15 +252,8 @@ CONTRACT = h.SignatureContract(
     sign_at=lambda body, secret, at: signed(body, secret, issued_at=at),
 )
 
-
-@pytest.mark.parametrize("check", h.FULL_SIGNATURE_CHECKS)
-def test_signature_contract(check: str) -> None:
-    if check == "missing_header":  # no token at all: Vonage resends it signed (503)
-        req = signed(CONTRACT.body, SECRET)
-        bare = h.with_changes(req, headers={"content-type": "application/json"})
-        with pytest.raises(RetryLater):
-            M.verify(bare, CONTRACT.settings())
-    h.check_signature(CONTRACT, check)
+CHECKS = h.FULL_SIGNATURE_CHECKS
+MIN_MUTATIONS = 20
 
 
 def test_the_token_is_a_standard_hs256_jwt() -> None:
@@ -353,8 +340,8 @@ def test_fallback_secret_max_age_and_api_key_optional() -> None:
     ahead = signed(body, SECRET, issued_at=h.RECEIVED_AT + 3600)
     with pytest.raises(SignatureError, match="future"):  # MAX_AGE never widens the future
         M.verify(ahead, h.settings(VONAGE_SIGNATURE_SECRET=SECRET, VONAGE_MESSAGES_MAX_AGE="86400"))
-    with pytest.raises(SignatureError, match="MAX_AGE"):
-        M.verify(day_old, h.settings(VONAGE_SIGNATURE_SECRET=SECRET, VONAGE_MESSAGES_MAX_AGE="x"))
+    with pytest.raises(ConfigError, match="MSGSTATUS_VONAGE_MESSAGES_MAX_AGE"):  # at start
+        h.settings(VONAGE_SIGNATURE_SECRET=SECRET, VONAGE_MESSAGES_MAX_AGE="x")
 
 
 def test_not_bearer_is_a_signature_error_not_retry() -> None:
@@ -369,24 +356,17 @@ def test_not_bearer_is_a_signature_error_not_retry() -> None:
 # --- robustness ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", [c.fixture for c in CASES])
-def test_json_mutations_never_crash(name: str) -> None:
-    assert h.fuzz_json_fixture(M, name) > 20
-
-
-def test_junk_bodies_never_crash() -> None:
-    h.fuzz_junk(M)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=256))
-def test_random_bytes_never_crash(body: bytes) -> None:
-    h.parse_never_raises(M, body, "application/json")
-
-
-def test_verify_never_crashes_on_junk() -> None:
-    h.fuzz_verify(M, CONTRACT.settings())
+def test_malformed_tokens_are_refused() -> None:
     for token in ("a.b.c", "..", "é.é.é", "a" * 9000, "eyJ9.eyJ9.x", "e30.e30.e30"):
         req = h.request(M.NAME, b"{}", headers={"authorization": f"Bearer {token}"})
         with pytest.raises(SignatureError):
             M.verify(req, CONTRACT.settings())
+
+
+def test_an_unsigned_callback_is_retried_later() -> None:
+    """No token at all: Vonage resends it signed, so the gateway answers 503."""
+    bare = h.with_changes(
+        signed(CONTRACT.body, SECRET), headers={"content-type": "application/json"}
+    )
+    with pytest.raises(RetryLater):
+        M.verify(bare, CONTRACT.settings())

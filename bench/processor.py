@@ -2,7 +2,7 @@
 
 All read the same raw records on the same broker in the same run: a bare aiokafka
 consume -> produce passthrough (the ceiling), the two naive Faust agents of
-`processors.bench.naive` (what a first Faust app gets: forwarding each record, and doing
+`bench.naive` (what a first Faust app gets: forwarding each record, and doing
 msgstatus's job), and `msgstatus worker`: one process with the RocksDB state backend,
 then (given a Redis) with the Redis one, two processes in one group, and the worker of
 the release before crash-consistent state (BASELINE_COMMIT, run from that commit's
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,18 +25,26 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 from redis import asyncio as aioredis
 
-from processors.bench import workload as wl
-from processors.bench.workload import local_broker
+from bench import workload as wl
+from bench.processes import Process
+from bench.workload import local_broker
 from processors.config import SINGLE_BROKER_ENV, single_broker
+from processors.kafka import offsets
+from processors.kafka.topics import (
+    CANONICAL,
+    STATUS,
+    TRANSITIONS,
+    all_topics,
+    ensure_topics,
+    raw_topic,
+)
 from processors.providers import REGISTRY
-from processors.topics import all_topics, ensure_topics
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 # The last commit before issue 11 (write-behind atomic table units, own offset commits,
 # in-band watermark markers): its worker is measured side by side with today's.
 BASELINE_COMMIT = "c4f36af"
@@ -45,95 +52,6 @@ BASELINE_COMMIT = "c4f36af"
 
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-async def _ends(bootstrap: str, topics: list[str]) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(**local_broker(bootstrap))
-    await consumer.start()
-    try:
-        tps = [
-            TopicPartition(t, p)
-            for t in topics
-            for p in (consumer.partitions_for_topic(t) or await _parts(consumer, t))
-        ]
-        return await consumer.end_offsets(tps)
-    finally:
-        await consumer.stop()
-
-
-async def _parts(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    await consumer._client.force_metadata_update()
-    return consumer.partitions_for_topic(topic) or set()
-
-
-async def _committed(bootstrap: str, group: str) -> dict[TopicPartition, int]:
-    """A group's committed offsets; {} while its coordinator is not ready (a fresh broker
-    creates `__consumer_offsets` on first use and answers "not available" meanwhile)."""
-    admin = AIOKafkaAdminClient(**local_broker(bootstrap))
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    except KafkaError as exc:
-        if not exc.retriable:
-            raise
-        return {}
-    finally:
-        await admin.close()
-    return {tp: meta.offset for tp, meta in offsets.items()}
-
-
-async def _output_span(bootstrap: str, topic: str) -> tuple[int, float, float]:
-    """Count and first/last CreateTime (s) of a topic's records."""
-    ends = await _ends(bootstrap, [topic])
-    total = sum(ends.values())
-    # "earliest" from the start: with the default "latest", the reset aiokafka starts at
-    # assign() can race seek_to_beginning() and leave the position at the end (seen in
-    # tests/support/state_contract.py, which reads topics the same way)
-    consumer = AIOKafkaConsumer(
-        **local_broker(bootstrap), enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    first, last = float("inf"), 0.0
-    try:
-        consumer.assign(list(ends))
-        await consumer.seek_to_beginning()
-        seen = 0
-        while seen < total:
-            batch = await consumer.getmany(timeout_ms=2000, max_records=50_000)
-            if not batch:
-                break
-            for records in batch.values():
-                for record in records:
-                    first = min(first, record.timestamp / 1000)
-                    last = max(last, record.timestamp / 1000)
-                seen += len(records)
-    finally:
-        await consumer.stop()
-    return total, first, last
-
-
-async def _wait_consumed(
-    bootstrap: str,
-    group: str,
-    topics: list[str],
-    timeout: float,
-    proc: subprocess.Popen | None = None,
-    logfile: Path | None = None,
-) -> None:
-    ends = await _ends(bootstrap, topics)
-    target = {tp: end for tp, end in ends.items() if end > 0}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            tail = logfile.read_text(errors="replace")[-3000:] if logfile else ""
-            raise RuntimeError(
-                f"process exited with {proc.returncode} before consuming everything:\n{tail}"
-            )
-        committed = await _committed(bootstrap, group)
-        if all(committed.get(tp, -1) >= end for tp, end in target.items()):
-            return
-        await asyncio.sleep(1.0)
-    raise TimeoutError(f"group {group} did not consume {topics} within {timeout}s")
 
 
 async def drop_topics(bootstrap: str, prefix: str) -> int:
@@ -150,30 +68,6 @@ async def drop_topics(bootstrap: str, prefix: str) -> int:
         await admin.close()
 
 
-def _spawn(
-    args: list[str], env: dict[str, str], logfile: Path, cwd: Path | None = None
-) -> subprocess.Popen:
-    logfile.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(
-        args,
-        cwd=cwd or ROOT,
-        env=env,
-        stdout=logfile.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
 # The naive agents read the same records as the others; at ~1.5k records/s each would
 # need ~11 minutes for 1M, so each is stopped after NAIVE_SECONDS to keep `make bench`
 # under 15 minutes: its rate is then that of the first ~200k records (the report says
@@ -182,18 +76,18 @@ NAIVE_SECONDS = 150.0
 
 
 async def _wait_output(
-    bootstrap: str, topic: str, count: int, seconds: float, proc: subprocess.Popen
+    bootstrap: str, topic: str, count: int, seconds: float, proc: Process
 ) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and proc.poll() is None:
-        ends = await _ends(bootstrap, [topic])
+        ends = await offsets.ends(bootstrap, [topic])
         if sum(ends.values()) >= count:
             return
         await asyncio.sleep(1.0)
 
 
 async def committed_slope(
-    bootstrap: str, group: str, total: int, seconds: float, proc: subprocess.Popen
+    bootstrap: str, group: str, total: int, seconds: float, proc: Process
 ) -> tuple[int, float]:
     """(records committed, records/s) of a consumer group, from its first commit to the
     last commit seen before it has consumed `total` records or `seconds` have passed."""
@@ -201,7 +95,7 @@ async def committed_slope(
     first: tuple[float, int] | None = None
     last: tuple[float, int] = (0.0, 0)
     while time.monotonic() < deadline and proc.poll() is None:
-        done = sum((await _committed(bootstrap, group)).values())
+        done = sum((await offsets.committed(bootstrap, group)).values())
         now = time.monotonic()
         if done > last[1]:
             last = (now, done)
@@ -255,8 +149,8 @@ async def worker_rate(
 ) -> tuple[float, int]:
     """Raw records/s of `processes` workers over everything under `prefix` (output span)."""
     settings = single_broker(kafka_bootstrap=bootstrap, topic_prefix=prefix, partitions=4)
-    raw_topics = [settings.topic(f"raw.{n}") for n in REGISTRY]
-    total = sum((await _ends(bootstrap, raw_topics)).values())
+    raw_topics = [raw_topic(settings, n) for n in REGISTRY]
+    total = sum((await offsets.ends(bootstrap, raw_topics)).values())
     workers = []
     for i in range(processes):
         worker_env = {
@@ -280,32 +174,32 @@ async def worker_rate(
         log_path = datadir.with_name(f"{datadir.name}-{i}.log")
         workers.append(
             (
-                _spawn(
+                Process(
                     args,
                     worker_env,
                     log_path,
                     cwd=sources,
-                ),
+                ).start(),
                 log_path,
             )
         )
     try:
         proc, log_path = workers[0]
-        await _wait_consumed(
+        await offsets.wait_consumed(
             bootstrap, f"{prefix}msgstatus-normalize", raw_topics, timeout, proc, log_path
         )
-        await _wait_consumed(
+        await offsets.wait_consumed(
             bootstrap,
             f"{prefix}msgstatus",
-            [settings.topic("status.canonical"), settings.topic("status.transitions")],
+            [settings.topic(CANONICAL), settings.topic(TRANSITIONS)],
             timeout,
             proc,
             log_path,
         )
     finally:
         for proc, _ in workers:
-            _stop(proc)
-    count, first, last = await _output_span(bootstrap, settings.topic("message.status"))
+            proc.stop(30)
+    count, first, last = await offsets.span(bootstrap, settings.topic(STATUS))
     return total / max(last - first, 1e-6), count
 
 
@@ -348,7 +242,7 @@ async def passthrough(bootstrap: str, topics: list[str], sink: str, total: int) 
     finally:
         await producer.stop()
         await consumer.stop()
-    count, first, last = await _output_span(bootstrap, sink)
+    count, first, last = await offsets.span(bootstrap, sink)
     return count / max(last - first, 1e-6)
 
 
@@ -370,7 +264,7 @@ async def run(
     work = wl.build(settings, messages, records)
     log("producing them")
     produce_seconds = await wl.produce(bootstrap, work.records)
-    raw_topics = [settings.topic(f"raw.{n}") for n in REGISTRY]
+    raw_topics = [raw_topic(settings, n) for n in REGISTRY]
     total = len(work.records)
     result: dict[str, Any] = {
         "records": total,
@@ -386,11 +280,11 @@ async def run(
     env = {k: v for k, v in os.environ.items() if not k.startswith("MSGSTATUS_")}
     timeout = 1800 if not quick else 120
 
-    def naive(mode: str) -> subprocess.Popen:
-        args = [sys.executable, "-m", "processors.bench.naive", bootstrap, prefix]
-        return _spawn(
+    def naive(mode: str) -> Process:
+        args = [sys.executable, "-m", "bench.naive", bootstrap, prefix]
+        return Process(
             [*args, str(workdir / f"naive-{mode}"), mode], env, workdir / f"naive-{mode}.log"
-        )
+        ).start()
 
     cap = NAIVE_SECONDS if not quick else 60
     log("baseline: naive Faust agent forwarding each record")
@@ -398,8 +292,8 @@ async def run(
     try:
         await _wait_output(bootstrap, f"{prefix}naive.out", total, cap, proc)
     finally:
-        _stop(proc)
-    count, first, last = await _output_span(bootstrap, f"{prefix}naive.out")
+        proc.stop(30)
+    count, first, last = await offsets.span(bootstrap, f"{prefix}naive.out")
     result["naive_faust"] = count / max(last - first, 1e-6)
     result["naive_faust_records"] = count
 
@@ -408,9 +302,9 @@ async def run(
     try:
         done, rate = await committed_slope(bootstrap, f"{prefix}naive-job", total, cap, proc)
     finally:
-        _stop(proc)
+        proc.stop(30)
     if done >= total:  # all read: measured like the others, by its output's span
-        _, first, last = await _output_span(bootstrap, f"{prefix}naive-job.out")
+        _, first, last = await offsets.span(bootstrap, f"{prefix}naive-job.out")
         rate = total / max(last - first, 1e-6)
     result["naive_job"] = rate
     result["naive_job_records"] = done

@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "deploy" / "local"))
 
 import infra  # noqa: E402
 
-from processors.bench import e2e, gateway, processor, recovery, ticks  # noqa: E402
+from bench import e2e, gateway, processor, recovery, ticks  # noqa: E402
 
 
 def machine() -> str:
@@ -98,7 +98,7 @@ def report(results: dict[str, Any], quick: bool) -> str:
         f"It emitted {f(p.get('status_events'))} `message.status` events. Rates are records divided by the span between "
         "each pipeline's first and last output record, after it consumed everything. The naive agents are "
         "stopped at a time cap (`NAIVE_SECONDS`); then the one doing the job, which writes one output per applied "
-        "status, is measured by the slope of its committed offsets. `processors/bench/naive.py` says what each does.",
+        "status, is measured by the slope of its committed offsets. `bench/naive.py` says what each does.",
         "",
         "### The cost of crash-consistent state, and two workers",
         "",

@@ -16,8 +16,8 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.partitioner import murmur2
 
-from processors import kafka_client
 from processors.config import Settings
+from processors.kafka import client
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ CONVERSATIONS = "status.conversations"
 # "Ask the provider once before delivery_unknown": the emitter's questions to the poller,
 # keyed by message_key (processors/stream/emission.py, processors/ingest/pollers/).
 POLL_REQUESTS = "status.pollrequests"
+# `msgstatus rebuild`'s journal: one compacted record per rebuild (processors/ops/journal.py).
+REBUILDS = "status.rebuilds"
 
 
 # The worker's Faust tables (processors/stream/app.py). Their changelog topics are created
@@ -110,7 +112,7 @@ async def ensure_topics(settings: Settings, names: Iterable[str], timeout: float
     or refuses a topic, instead of leaving the processes to fail later on a missing topic.
     """
     admin = AIOKafkaAdminClient(
-        **kafka_client.client_kwargs(settings), request_timeout_ms=int(timeout * 1000)
+        **client.client_kwargs(settings), request_timeout_ms=int(timeout * 1000)
     )
     await asyncio.wait_for(admin.start(), timeout)
     try:

@@ -13,9 +13,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from processors import kafka_client, traffic
+from bench import traffic
 from processors.config import Settings, single_broker
-from processors.ingest import raw
+from processors.kafka import client as kafka_client
+from processors.kafka import raw
+from processors.kafka.topics import raw_topic
 from processors.providers import REGISTRY
 from processors.providers.base import WebhookRequest
 
@@ -64,7 +66,7 @@ def build(settings: Settings, messages: int, target_records: int, seed: int = 9)
             now + i * 1e-5,
         )
         records.append(
-            raw.encode(settings.topic(f"raw.{name}"), webhook, REGISTRY[name].SIGNATURE_HEADERS)
+            raw.encode(raw_topic(settings, name), webhook, REGISTRY[name].SIGNATURE_HEADERS)
         )
         statuses += len(request.keys)
     return Workload(records, messages, statuses)
@@ -72,7 +74,7 @@ def build(settings: Settings, messages: int, target_records: int, seed: int = 9)
 
 def local_broker(bootstrap: str) -> dict[str, Any]:
     """aiokafka arguments for the bench's own plaintext broker, built like every client's
-    (processors/kafka_client.py)."""
+    (processors/kafka/client.py)."""
     return kafka_client.client_kwargs(single_broker(kafka_bootstrap=bootstrap))
 
 

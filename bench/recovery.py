@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -21,14 +20,15 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from processors import kafka_client
-from processors.bench.processor import _spawn, _stop, log
-from processors.bench.workload import local_broker
+from bench.processes import Process
+from bench.processor import log
+from bench.workload import local_broker
 from processors.config import SINGLE_BROKER_ENV, Settings, single_broker
-from processors.ingest import raw
+from processors.kafka import client as kafka_client
+from processors.kafka import raw
+from processors.kafka.topics import STATUS, all_topics, ensure_topics, partition_for, raw_topic
 from processors.providers import REGISTRY
 from processors.providers.base import WebhookRequest
-from processors.topics import all_topics, ensure_topics, partition_for
 
 
 def _states(key: str, now: float) -> tuple[bytes, bytes]:
@@ -100,7 +100,7 @@ async def fill(settings: Settings, messages: int, provider: str = "twilio") -> f
 
 async def _probe_seen(settings: Settings, key: str, deadline: float) -> bool:
     consumer = AIOKafkaConsumer(
-        settings.topic("message.status"),
+        settings.topic(STATUS),
         **kafka_client.client_kwargs(settings),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -140,7 +140,7 @@ async def run(
         body,
         time.time(),
     )
-    record = raw.encode(settings.topic("raw.events"), webhook, ())
+    record = raw.encode(raw_topic(settings, "events"), webhook, ())
     producer = AIOKafkaProducer(**local_broker(bootstrap), acks="all", enable_idempotence=True)
     await producer.start()
     try:
@@ -161,16 +161,16 @@ async def run(
     )
     log("recovery: starting a worker on an empty disk")
     started = time.monotonic()
-    worker: subprocess.Popen = _spawn(
+    worker = Process(
         [sys.executable, "-m", "processors.cli", "worker", "--no-read-model", "--no-supervisor"],
         env,
         workdir / "recovery-worker.log",
-    )
+    ).start()
     try:
         seen = await _probe_seen(settings, f"crm:{probe}", started + (120 if quick else 300))
         ready = time.monotonic() - started
     finally:
-        _stop(worker)
+        worker.stop(30)
     return {
         "messages": messages,
         "fill_seconds": fill_seconds,

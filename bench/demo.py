@@ -2,7 +2,7 @@
 
 The point of msgstatus is only visible side by side: shuffled, duplicated and late
 webhooks go in, one ordered stream per message comes out. So the demo posts the traffic
-of `processors.traffic` to a running gateway, prints every `message.status` event of its
+of `bench.traffic` to a running gateway, prints every `message.status` event of its
 messages as one line while they arrive, and ends with a summary that says whether every
 message ended in the status its provider path implies (exit 0) or not (exit 1).
 Progress goes to stderr; the stream and the summary go to stdout (DESIGN.md section 10).
@@ -24,10 +24,11 @@ from typing import Any, TextIO
 import aiohttp
 import orjson
 
-from processors import kafka_client, traffic
+from bench import traffic
 from processors.config import Settings
+from processors.kafka import client as kafka_client
+from processors.kafka.topics import STATUS
 from processors.model import ENGAGEMENT
-from processors.topics import STATUS
 
 # Secrets the demo signs with, named as `traffic.build_requests` expects them.
 SECRET_NAMES = (

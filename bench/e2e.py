@@ -37,8 +37,10 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from processors.bench import gateway as gw
-from processors.bench.workload import local_broker
+from bench import gateway as gw
+from bench.processes import Process
+from bench.workload import local_broker
+from processors.kafka.topics import STATUS
 
 FULL = {"rate": 2000, "duration": 60.0}
 QUICK = {"rate": 200, "duration": 5.0}
@@ -207,7 +209,7 @@ async def _send(url: str, data: Path, rate: float, connections: int) -> dict:
 # --------------------------------------------------------------------------- the bench
 
 
-async def _wait_metrics(worker: gw.Proc, port: int, timeout: float) -> None:
+async def _wait_metrics(worker: Process, port: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
         while True:
@@ -222,7 +224,7 @@ async def _wait_metrics(worker: gw.Proc, port: int, timeout: float) -> None:
             await asyncio.sleep(0.2)
 
 
-async def _warm_up(url: str, reader: StatusReader, worker: gw.Proc, run_id: str) -> float:
+async def _warm_up(url: str, reader: StatusReader, worker: Process, run_id: str) -> float:
     """Post `sent` then `delivered` for a few messages; wait for all their events."""
     began = time.monotonic()
     ids = [f"SMW{run_id}{i:04d}" for i in range(WARMUP_MESSAGES)]
@@ -250,7 +252,7 @@ async def _warm_up(url: str, reader: StatusReader, worker: gw.Proc, run_id: str)
 
 async def _sender(url: str, data: Path, rate: int, out: Path, limit: float) -> dict:
     cmd = [
-        sys.executable, "-m", "processors.bench.e2e", "--send", "--url", url,
+        sys.executable, "-m", "bench.e2e", "--send", "--url", url,
         "--data", str(data), "--rate", str(rate), "--connections", str(CONNECTIONS),
         "--out", str(out),
     ]  # fmt: skip
@@ -308,14 +310,16 @@ async def run(
         lines.append(headers["x-twilio-signature"].encode() + b"\t" + body)
     data.write_bytes(b"\n".join(lines) + b"\n")
 
-    gateway: gw.Proc | None = None
-    worker: gw.Proc | None = None
+    gateway: Process | None = None
+    worker: Process | None = None
     reader: StatusReader | None = None
     try:
         gateway, url = await gw.start_gateway(env, workdir)
-        worker = gw.Proc("worker", ["--no-read-model", "--no-supervisor"], env, workdir).start()
+        worker = Process.msgstatus(
+            "worker", ["--no-read-model", "--no-supervisor"], env, workdir, cwd=workdir
+        ).start()
         await _wait_metrics(worker, metrics_port, READY_TIMEOUT)
-        reader = StatusReader(bootstrap, prefix + "message.status")
+        reader = StatusReader(bootstrap, prefix + STATUS)
         await reader.start()
         warm = await _warm_up(url, reader, worker, run_id)
         gw.say(
@@ -360,9 +364,9 @@ async def run(
             with contextlib.suppress(Exception):
                 await reader.stop()
         if worker is not None:
-            await worker.stop()
+            await worker.stop_async()
         if gateway is not None:
-            await gateway.stop()
+            await gateway.stop_async()
 
     in_order: list[float] = []  # latencies in sending order
     answers: list[float] = []
@@ -440,7 +444,7 @@ async def run(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`--send`: the paced sender process; otherwise run the bench."""
-    p = argparse.ArgumentParser(prog="python -m processors.bench.e2e")
+    p = argparse.ArgumentParser(prog="python -m bench.e2e")
     p.add_argument("--send", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--url")
     p.add_argument("--data", type=Path)

@@ -1,10 +1,11 @@
 """Gateway bench: signed webhooks/s per gateway process, with and without the Kafka write.
 
-One `msgstatus gateway` process is measured twice in the same run on the same machine:
-once with its real sink (HMAC check of every Twilio callback, then the acks=all,
-idempotent Kafka write of the raw record before the 200), and once started with the
-bench-only `--null-sink`, which does the same HTTP, verification and framing work and
-writes nothing. The ratio of the two is what the durable write costs.
+The gateway is measured twice in the same run on the same machine: once as `msgstatus
+gateway` with its real sink (HMAC check of every Twilio callback, then the acks=all,
+idempotent Kafka write of the raw record before the 200), and once as the same server
+(`processors.ingest.gateway.serve`, same settings and event loop) started by this module
+with `NullSink`, which does the same HTTP, verification and framing work and writes
+nothing. The ratio of the two is what the durable write costs.
 
 Load generator (a separate process, on loopback): by default Debian's `wrk` (C, epoll;
 installed with apt-get when missing) with a generated Lua script that rotates thousands
@@ -24,7 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
+import logging
 import os
 import resource
 import shutil
@@ -43,8 +44,13 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from processors.bench.workload import local_broker
-from processors.config import SINGLE_BROKER_ENV
+from bench.processes import Process
+from bench.workload import local_broker
+from processors import eventloop
+from processors.config import SINGLE_BROKER_ENV, Settings, single_broker
+from processors.ingest.gateway import serve
+from processors.kafka.raw import RawRecord
+from processors.kafka.topics import raw_topic
 from processors.providers import twilio
 
 PUBLIC_URL = "https://hooks.msgstatus-bench.example"  # what the callbacks are signed for
@@ -55,7 +61,6 @@ CONNECTIONS = 64
 DISTINCT_REQUESTS = 20_000
 FULL = {"warmup": 3.0, "duration": 20.0}  # whole seconds: wrk takes no fractions
 QUICK = {"warmup": 1.0, "duration": 2.0}
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def say(message: str) -> None:
@@ -79,89 +84,6 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float:
 # --------------------------------------------------------------------------- processes
 
 
-def _die_with_parent() -> object:
-    """preexec hook: the child gets SIGKILL if the bench process dies (no strays)."""
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    parent = os.getpid()
-
-    def hook() -> None:
-        prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return hook
-
-
-class Proc:
-    """One `msgstatus <command>` process in its own process group, output in a log file."""
-
-    def __init__(self, command: str, args: Sequence[str], env: Mapping[str, str], log_dir: Path):
-        self.command = command
-        self.args = list(args)
-        self.env = dict(env)
-        self.log_dir = log_dir
-        self.log_path = log_dir / f"{command}-{time.monotonic_ns()}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Proc:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "processors.cli", self.command, *self.args],
-                cwd=self.log_dir,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent(),  # type: ignore[arg-type]
-            )
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU the process has used so far (0 once it is gone)."""
-        try:
-            with open(f"/proc/{self.pid}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except (OSError, AssertionError):
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def _signal(self, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, sig)
-
-    async def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM the group, SIGKILL after `timeout` (or at once if we are cancelled)."""
-        if self.proc is None:
-            return
-        try:
-            if self.proc.poll() is None:
-                self._signal(signal.SIGTERM)
-                deadline = time.monotonic() + timeout
-                while self.proc.poll() is None and time.monotonic() < deadline:
-                    await asyncio.sleep(0.05)
-        finally:
-            if self.proc.poll() is None:
-                self._signal(signal.SIGKILL)
-                self.proc.wait(10)
-            self._signal(signal.SIGKILL)  # anything it left behind in its group
-
-
 def bench_env(bootstrap: str, prefix: str, data_dir: Path, **extra: str) -> dict[str, str]:
     """A clean msgstatus environment: nothing inherited from the caller's MSGSTATUS_*."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MSGSTATUS_")}
@@ -183,12 +105,48 @@ def bench_env(bootstrap: str, prefix: str, data_dir: Path, **extra: str) -> dict
     return env
 
 
+class NullSink:
+    """Accepts every record and writes nothing: the baseline the Kafka write is compared
+    with. A gateway running with it answers 200 and keeps nothing."""
+
+    async def publish(self, record: RawRecord) -> None:
+        return None
+
+    async def ready(self) -> bool:
+        return True
+
+
+def serve_null() -> int:
+    """The gateway server as `msgstatus gateway` runs it (settings, logging, event loop),
+    with NullSink instead of Kafka; until SIGTERM/SIGINT."""
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level, stream=sys.stderr)
+
+    async def main() -> None:
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await serve(settings, NullSink(), None)
+
+    eventloop.run(main(), settings.gateway_event_loop)
+    return 0
+
+
 async def start_gateway(
-    env: Mapping[str, str], log_dir: Path, *args: str, timeout: float = 60.0
-) -> tuple[Proc, str]:
-    """Start `msgstatus gateway` on a free port; return it once /readyz answers 200."""
+    env: Mapping[str, str], log_dir: Path, null: bool = False, timeout: float = 60.0
+) -> tuple[Process, str]:
+    """Start `msgstatus gateway` (or, `null`, the same server with NullSink) on a free
+    port; return it once /readyz answers 200."""
     port = free_port()
-    part = Proc("gateway", args, {**env, "MSGSTATUS_HTTP_PORT": str(port)}, log_dir).start()
+    env = {**env, "MSGSTATUS_HTTP_PORT": str(port)}
+    if null:
+        log_path = log_dir / f"gateway-null-{time.monotonic_ns()}.log"
+        argv = [sys.executable, "-m", "bench.gateway", "--serve-null"]
+        part = Process(argv, env, log_path).start()
+    else:
+        part = Process.msgstatus("gateway", (), env, log_dir, cwd=log_dir).start()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     try:
@@ -204,7 +162,7 @@ async def start_gateway(
                     raise RuntimeError(f"gateway not ready in {timeout:.0f}s:\n{part.log_tail()}")
                 await asyncio.sleep(0.1)
     except BaseException:
-        await part.stop()
+        await part.stop_async()
         raise
 
 
@@ -212,7 +170,7 @@ async def start_gateway(
 
 
 def twilio_form(message_id: str, status: str, channel: str = "sms") -> bytes:
-    """A Twilio status callback body as Twilio sends it (same fields as processors.traffic)."""
+    """A Twilio status callback body as Twilio sends it (same fields as bench.traffic)."""
     to, sender = "+15558675310", "+15017250604"
     params = [
         ("AccountSid", ACCOUNT_SID),
@@ -250,7 +208,7 @@ def write_requests(path: Path, count: int, run_id: str) -> None:
 # --------------------------------------------------------------------------- wrk
 
 WRK_SCRIPT = """\
--- generated by processors/bench/gateway.py: rotate pre-signed Twilio status callbacks
+-- generated by bench/gateway.py: rotate pre-signed Twilio status callbacks
 local threads = {}
 local counter = 0
 
@@ -435,7 +393,7 @@ async def _loadgen(url: str, data: Path, connections: int, warmup: float, durati
 
 async def aiohttp_run(url: str, data: Path, warmup: float, duration: float) -> dict:
     cmd = [
-        sys.executable, "-m", "processors.bench.gateway", "--loadgen", "--url", url,
+        sys.executable, "-m", "bench.gateway", "--loadgen", "--url", url,
         "--data", str(data), "--connections", str(CONNECTIONS),
         "--warmup", str(warmup), "--duration", str(duration),
     ]  # fmt: skip
@@ -476,8 +434,7 @@ async def _measure(
     duration: float,
 ) -> dict:
     """Start a gateway (`mode` kafka or null), load it, stop it; the load figures."""
-    args = ("--null-sink",) if mode == "null" else ()
-    gateway, url = await start_gateway(env, workdir, *args)
+    gateway, url = await start_gateway(env, workdir, null=mode == "null")
     try:
         say(f"gateway ({mode} sink) ready at {url}; warm-up {warmup:g}s, measuring {duration:g}s")
         if wrk:
@@ -506,7 +463,7 @@ async def _measure(
         if not gateway.alive():
             raise RuntimeError(f"gateway died during the run:\n{gateway.log_tail()}")
     finally:
-        await gateway.stop()
+        await gateway.stop_async()
     result["rate"] = result["ok"] / result["duration_s"] if result["duration_s"] else 0.0
     say(
         f"{mode} sink: {result['rate']:,.0f} webhooks/s, p50 {result['p50_ms']:.2f} ms, "
@@ -555,7 +512,8 @@ async def run(bootstrap: str, workdir: Path, quick: bool = False, loadgen: str =
         )
     kafka, null = figures["kafka"], figures["null"]
     await asyncio.sleep(0.5)
-    raw_records = await topic_records(bootstrap, prefixes["kafka"] + "raw.twilio")
+    kafka_topic = raw_topic(single_broker(topic_prefix=prefixes["kafka"]), twilio.NAME)
+    raw_records = await topic_records(bootstrap, kafka_topic)
     accepted = int(kafka["all_phases_ok"])
     if raw_records < accepted:
         say(f"LOST WRITES: {accepted} answers 200 but only {raw_records} raw records in Kafka")
@@ -576,7 +534,7 @@ async def run(bootstrap: str, workdir: Path, quick: bool = False, loadgen: str =
         f"one gateway process each; load from {how} on loopback rotating {count} "
         f"pre-signed Twilio callbacks, {shape['duration']:g} s after {shape['warmup']:g} s "
         f"warm-up; Kafka: acks=all idempotent write before each 200; baseline: same "
-        f"process with --null-sink. Non-200 with Kafka: {errors_text(kafka)}; without: "
+        f"server with NullSink. Non-200 with Kafka: {errors_text(kafka)}; without: "
         f"{errors_text(null)}. Raw topic holds {raw_records} records for {accepted} "
         f"answers 200 (warm-up included): "
         + ("none lost." if raw_records >= accepted else "WRITES LOST.")
@@ -615,9 +573,11 @@ async def run(bootstrap: str, workdir: Path, quick: bool = False, loadgen: str =
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`--loadgen`: the aiohttp load generator process; otherwise run the bench."""
-    p = argparse.ArgumentParser(prog="python -m processors.bench.gateway")
+    """`--loadgen`: the aiohttp load generator process; `--serve-null`: the gateway with
+    NullSink; otherwise run the bench."""
+    p = argparse.ArgumentParser(prog="python -m bench.gateway")
     p.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--serve-null", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--url")
     p.add_argument("--data", type=Path)
     p.add_argument("--connections", type=int, default=CONNECTIONS)
@@ -628,6 +588,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--tool", choices=("wrk", "aiohttp"), default="wrk")
     args = p.parse_args(argv)
+    if args.serve_null:
+        return serve_null()
     if args.loadgen:
         result = asyncio.run(
             _loadgen(args.url, args.data, args.connections, args.warmup, args.duration)

@@ -1,6 +1,6 @@
 """The naive Faust baselines: what a first Faust app does with these records.
 
-Run as `python -m processors.bench.naive <bootstrap> <prefix> <datadir> [forward|job]`.
+Run as `python -m bench.naive <bootstrap> <prefix> <datadir> [forward|job]`.
 
 - `forward`: one agent over the raw topics, a RocksDB table updated per record and an
   awaited `topic.send` per record, nothing else: the framework's per-event cost alone.
@@ -20,9 +20,11 @@ from typing import Any
 
 import faust
 
-from processors import kafka_client, providers
+from processors import providers
 from processors.config import single_broker
-from processors.ingest import raw
+from processors.kafka import client as kafka_client
+from processors.kafka import raw
+from processors.kafka.topics import raw_topic
 from processors.providers import REGISTRY
 from processors.stream import cloudevents
 from processors.transitions import APPLIED, DUPLICATE, MessageState, apply
@@ -90,9 +92,8 @@ def main() -> None:
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
     )
-    source = app.topic(
-        *[f"{prefix}raw.{name}" for name in REGISTRY], value_type=bytes, value_serializer="raw"
-    )
+    names = [raw_topic(single_broker(topic_prefix=prefix), name) for name in REGISTRY]
+    source = app.topic(*names, value_type=bytes, value_serializer="raw")
     if mode == "job":
         _job(app, source, app.topic(f"{prefix}naive-job.out"))
     else:

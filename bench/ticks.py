@@ -87,9 +87,7 @@ def one_round(workdir: Path, pending: int, repeats: int = 5) -> dict[str, Any]:
         for r in range(repeats):
             batch = PartitionBatch(db, {})
             tick_started = time.perf_counter()
-            out = Emitter(batch, Policy(after=3600.0)).on_marker(
-                NOW + r * 0.5, 10 + r, NOW
-            )
+            out = Emitter(batch, Policy(after=3600.0)).on_marker(NOW + r * 0.5, 10 + r, NOW)
             _flush(db, batch)
             timings.append(time.perf_counter() - tick_started)
             fired += out.fired
