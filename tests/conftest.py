@@ -8,10 +8,15 @@ to use already-running services instead.
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:  # makes `support` importable whatever the import mode
@@ -30,6 +35,8 @@ from support.infra import (  # noqa: E402
     start_redis,
     unique_prefix,
 )
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
@@ -73,3 +80,66 @@ def prometheus(
 def topic_prefix() -> str:
     """A unique ``t<hex8>.`` prefix for topic names, group ids and keys."""
     return unique_prefix()
+
+
+def _in_thread(work: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine on a loop of its own thread: the test's event loop (set as the
+    main thread's current one by pytest-asyncio) stays untouched."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, work()).result()
+
+
+def _topics(bootstrap: str) -> set[str]:
+    async def listed() -> set[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            return set(await admin.list_topics())
+        finally:
+            await admin.close()
+
+    return _in_thread(listed)
+
+
+def _delete_topics(bootstrap: str, names: set[str]) -> None:
+    async def deleted() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics(sorted(names))
+        finally:
+            await admin.close()
+
+    _in_thread(deleted)
+
+
+@pytest.fixture(autouse=True)
+def _drop_new_topics(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Delete the topics a test created on the session's own broker once it is done.
+
+    A broker keeps a file open per partition; a whole session's topics (hundreds of
+    tests, each with every raw topic, the internal ones and the changelogs) passed a
+    20,000 open-files limit and the broker shut itself down mid-session. Only on a
+    broker this session started: on a shared one (MSGSTATUS_TEST_KAFKA_BOOTSTRAP) new
+    topics may be someone else's.
+    """
+    if "kafka" not in request.fixturenames:
+        yield
+        return
+    broker = request.getfixturevalue("kafka")
+    if isinstance(broker, ExternalKafka):
+        yield
+        return
+    try:
+        before = _topics(broker.bootstrap)
+    except Exception:  # the broker is down (a test stops it): nothing to compare with
+        before = None
+    yield
+    if before is None:
+        return
+    try:
+        created = _topics(broker.bootstrap) - before
+        if created:
+            _delete_topics(broker.bootstrap, created)
+    except Exception as exc:  # a test that stopped the broker; its topics stay
+        print(f"could not delete the topics of {request.node.nodeid}: {exc!r}", file=sys.stderr)
