@@ -36,24 +36,27 @@ infra-down: $(STAMP)
 run: $(STAMP)
 	bash deploy/local/run.sh
 
+# Everything but the long `soak` scenarios, which `make test-faults` runs (~20 minutes).
 test: $(STAMP)
 	$(INFRA) prepare
-	bash deploy/local/pytest.sh
+	bash deploy/local/pytest.sh -m "not soak"
 
 test-unit: $(STAMP)
 	bash deploy/local/pytest.sh tests/unit
 
 test-integration: $(STAMP)
 	$(INFRA) prepare
-	bash deploy/local/pytest.sh tests/integration
+	bash deploy/local/pytest.sh -m "not soak" tests/integration
 
 # Fault injection beyond make test's bounded subset: random SIGKILL rounds with more seeds
-# (MSGSTATUS_FAULT_ROUNDS, default 8) and every named crash point.
+# (MSGSTATUS_FAULT_ROUNDS, default 8), every named crash point, every scale-out scenario
+# with a longer outage, both broker restarts (the `soak` tests included).
 test-faults: $(STAMP)
 	$(INFRA) prepare
 	MSGSTATUS_FAULT_ROUNDS=$${MSGSTATUS_FAULT_ROUNDS:-8} MSGSTATUS_SCALE_OUTAGE_SECONDS=120 \
 		bash deploy/local/pytest.sh tests/integration/test_random_sigkill.py \
-		tests/integration/test_crash_consistency.py tests/integration/test_scale_out.py
+		tests/integration/test_crash_consistency.py tests/integration/test_scale_out.py \
+		tests/integration/test_broker_restart.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check processors bench tests deploy

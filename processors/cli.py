@@ -196,6 +196,15 @@ def _from_checkout(settings: Settings, args: argparse.Namespace) -> int:
     return run_demo(settings, args)
 
 
+def _switching(settings: Settings) -> bool:
+    """True (after saying why) while a rebuild switches over the live state."""
+    loop = asyncio.new_event_loop()
+    try:
+        return ops_commands.rebuild_switching(settings, loop)
+    finally:
+        loop.close()
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="msgstatus", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -262,6 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _from_checkout(settings, args)
     if args.command in SUPERVISED and not args.no_supervisor:
         from processors.supervisor import supervise
+
+        if args.command == "worker" and _switching(settings):
+            return 1  # refused before supervising: a restart loop would not finish it
 
         child = [sys.executable, "-m", "processors.cli", *argv, "--no-supervisor"]
         return supervise(child, f"msgstatus {args.command}")

@@ -1,31 +1,17 @@
-"""Provider registry: every provider module imported below is served, keyed by its NAME.
+"""Provider registry: every module (or package) of this package that declares a NAME is a
+provider, served under that NAME.
 
-Enabling a provider is one import line (like courier's blank handler imports); the
-registry collects every imported module that has the Provider attributes, and refuses
-at import time a module that has only some of them or a NAME used twice.
+Adding a provider is adding its module: the registry imports every module here, collects
+those with a NAME, and refuses at import time one that has only some of the Provider
+attributes or a NAME used twice. Helper modules (base, common, auth, ...) declare no NAME.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from types import ModuleType
 
-from processors.providers import events, meta, ryze, twilio  # noqa: F401  (one per provider)
-
-# email and LINE providers (a line of their own: parallel edits stay merge-free)
-from processors.providers import line, mailgun, sendgrid, ses  # noqa: F401  # isort: skip
-
-# SMS, WhatsApp-partner and TikTok providers (a line of their own, same reason)
-from processors.providers import bandwidth, dialog360, infobip, octopods  # noqa: F401  # isort: skip
-from processors.providers import plivo, sinch, smpp, tiktok, tracksend, vonage  # noqa: F401  # isort: skip
-
-# issue 16 providers (a line each: parallel edits stay merge-free)
-from processors.providers import vonage_messages  # noqa: F401  # isort: skip
-from processors.providers import telnyx  # noqa: F401  # isort: skip
-from processors.providers import bird  # noqa: F401  # isort: skip
-from processors.providers import postmark  # noqa: F401  # isort: skip
-from processors.providers import brevo  # noqa: F401  # isort: skip
-from processors.providers import africastalking  # noqa: F401  # isort: skip
-from processors.providers import gupshup  # noqa: F401  # isort: skip
 from processors.config import ConfigError, Settings
 from processors.providers.base import Polling, Provider
 from processors.providers.coverage import Coverage
@@ -98,7 +84,15 @@ def _check_declarations(module: ModuleType) -> None:
         raise TypeError(f"provider module {module.__name__}: POLLING must be a Polling")
 
 
-REGISTRY: dict[str, Provider] = _collect(dict(globals()))
+def _modules() -> dict[str, object]:
+    """Every module of this package, in name order (the order of `msgstatus providers`)."""
+    return {
+        info.name: importlib.import_module(f"{__name__}.{info.name}")
+        for info in sorted(pkgutil.iter_modules(__path__), key=lambda info: info.name)
+    }
+
+
+REGISTRY: dict[str, Provider] = _collect(_modules())
 
 
 # Providers that can be asked about one message (their module declares POLLING).

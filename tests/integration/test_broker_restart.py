@@ -134,7 +134,7 @@ def restarts(part: Process) -> int:
     return part.log_path.read_text(errors="replace").count("restarting it in")
 
 
-@pytest.mark.parametrize("how", ["stop", "kill"])
+@pytest.mark.parametrize("how", ["stop", pytest.param("kill", marks=pytest.mark.soak)])
 async def test_broker_down_for_30s_under_load_loses_nothing(
     how: str, redis_server, topic_prefix, tmp_path
 ) -> None:

@@ -107,6 +107,7 @@ async def test_crash_after_a_table_unit_is_handed_over_before_its_ack(
     await _scenario(kafka, topic_prefix, tmp_path, "changelog-handed/emitter:3")
 
 
+@pytest.mark.soak
 async def test_crash_after_the_changelog_ack_before_rocksdb(kafka, topic_prefix, tmp_path):
     await _scenario(kafka, topic_prefix, tmp_path, "changelog-acked/emitter:3")
 
@@ -127,6 +128,7 @@ async def test_crash_while_a_revoke_waits_for_the_record_in_hand(kafka, topic_pr
     await _scenario(kafka, topic_prefix, tmp_path, "revoke-waiting", second_worker=True)
 
 
+@pytest.mark.soak
 async def test_crash_after_outputs_are_acknowledged_before_the_commit(
     kafka, topic_prefix, tmp_path
 ):
@@ -136,8 +138,10 @@ async def test_crash_after_outputs_are_acknowledged_before_the_commit(
 @pytest.mark.parametrize(
     "crash_at",
     [
-        "before-commit:2",  # outputs acknowledged, input offsets not committed
-        "state-applied/ordering:3",  # mid-record: Redis has its writes, no output handed yet
+        # outputs acknowledged, input offsets not committed
+        pytest.param("before-commit:2", marks=pytest.mark.soak),
+        # mid-record: Redis has its writes, no output handed yet
+        pytest.param("state-applied/ordering:3", marks=pytest.mark.soak),
         "state-applied/emitter:3",  # the same where sequence numbers are given out
     ],
 )

@@ -145,6 +145,7 @@ async def test_every_worker_down_then_a_catch_up(kafka, topic_prefix, tmp_path):
             part.stop()
 
 
+@pytest.mark.soak  # make test: test_rebalances.py and test_state_contract.py join and leave
 async def test_workers_joining_and_leaving(kafka, topic_prefix, tmp_path):
     env, gateway, traffic = await _setup(kafka, topic_prefix, tmp_path)
     workers = _workers(env, tmp_path, 1)
