@@ -50,13 +50,14 @@ test-integration: $(STAMP)
 
 # Fault injection beyond make test's bounded subset: random SIGKILL rounds with more seeds
 # (MSGSTATUS_FAULT_ROUNDS, default 8), every named crash point, every scale-out scenario
-# with a longer outage, both broker restarts (the `soak` tests included).
+# with a longer outage, both broker restarts: every `soak` test, and the rest of their files.
 test-faults: $(STAMP)
 	$(INFRA) prepare
 	MSGSTATUS_FAULT_ROUNDS=$${MSGSTATUS_FAULT_ROUNDS:-8} MSGSTATUS_SCALE_OUTAGE_SECONDS=120 \
 		bash deploy/local/pytest.sh tests/integration/test_random_sigkill.py \
 		tests/integration/test_crash_consistency.py tests/integration/test_scale_out.py \
-		tests/integration/test_broker_restart.py
+		tests/integration/test_broker_restart.py tests/integration/test_delivery_unknown.py \
+		tests/integration/test_worker_crash.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check processors bench tests deploy

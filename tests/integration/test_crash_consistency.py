@@ -124,6 +124,7 @@ async def test_crash_mid_record_whose_writes_exceed_a_producer_batch(kafka, topi
     )
 
 
+@pytest.mark.soak
 async def test_crash_while_a_revoke_waits_for_the_record_in_hand(kafka, topic_prefix, tmp_path):
     await _scenario(kafka, topic_prefix, tmp_path, "revoke-waiting", second_worker=True)
 

@@ -115,6 +115,7 @@ async def test_stuck_get_one_unknown_and_late_delivered_still_applies(
         worker.stop()
 
 
+@pytest.mark.soak  # make test: test_crash_consistency.py crashes with pending deadlines
 async def test_sigkill_with_pending_deadlines_loses_and_duplicates_nothing(
     kafka, topic_prefix, tmp_path
 ):
@@ -155,6 +156,7 @@ async def test_sigkill_with_pending_deadlines_loses_and_duplicates_nothing(
         worker.stop()
 
 
+@pytest.mark.soak  # make test: test_scale_out.py, test_rebalances.py
 async def test_two_workers_and_a_rebalance(kafka, topic_prefix, tmp_path):
     env = env_for(kafka, topic_prefix, tmp_path, MSGSTATUS_DELIVERY_UNKNOWN_AFTER="8")
     gateway, url = start_gateway(env, tmp_path)

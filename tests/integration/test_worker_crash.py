@@ -16,6 +16,7 @@ from bench import traffic
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
+@pytest.mark.soak  # make test: test_random_sigkill.py
 async def test_sigkill_and_restart_keeps_output_consistent(kafka, topic_prefix, tmp_path):
     env = base_env(
         kafka.bootstrap,
