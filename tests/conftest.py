@@ -82,35 +82,20 @@ def topic_prefix() -> str:
     return unique_prefix()
 
 
-def _in_thread(work: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine on a loop of its own thread: the test's event loop (set as the
-    main thread's current one by pytest-asyncio) stays untouched."""
+def _admin(bootstrap: str, call: Callable[[AIOKafkaAdminClient], Awaitable[T]]) -> T:
+    """One admin call, on a loop of its own thread: the test's event loop (set as the main
+    thread's current one by pytest-asyncio) stays untouched."""
+
+    async def run() -> T:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            return await call(admin)
+        finally:
+            await admin.close()
+
     with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, work()).result()
-
-
-def _topics(bootstrap: str) -> set[str]:
-    async def listed() -> set[str]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            return set(await admin.list_topics())
-        finally:
-            await admin.close()
-
-    return _in_thread(listed)
-
-
-def _delete_topics(bootstrap: str, names: set[str]) -> None:
-    async def deleted() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            await admin.delete_topics(sorted(names))
-        finally:
-            await admin.close()
-
-    _in_thread(deleted)
+        return pool.submit(asyncio.run, run()).result()
 
 
 @pytest.fixture(autouse=True)
@@ -131,15 +116,15 @@ def _drop_new_topics(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     try:
-        before = _topics(broker.bootstrap)
+        before = set(_admin(broker.bootstrap, lambda admin: admin.list_topics()))
     except Exception:  # the broker is down (a test stops it): nothing to compare with
         before = None
     yield
     if before is None:
         return
     try:
-        created = _topics(broker.bootstrap) - before
+        created = set(_admin(broker.bootstrap, lambda admin: admin.list_topics())) - before
         if created:
-            _delete_topics(broker.bootstrap, created)
+            _admin(broker.bootstrap, lambda admin: admin.delete_topics(sorted(created)))
     except Exception as exc:  # a test that stopped the broker; its topics stay
         print(f"could not delete the topics of {request.node.nodeid}: {exc!r}", file=sys.stderr)

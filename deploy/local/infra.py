@@ -17,7 +17,6 @@ import fcntl
 import hashlib
 import json
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -591,34 +590,6 @@ def _pid_cmdline(pid: int) -> str:
         return ""
 
 
-def _raise_open_files(pid: int) -> None:
-    """Let the server open as many files as the system allows it (its hard limit).
-
-    A broker keeps one file open per partition segment; a soft limit of 1,024 (many
-    machines' default) or even 20,000 ends in "Too many open files" and a broker that
-    shuts down once a long test session or a user's many topics pass it.
-    """
-    try:
-        soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
-        wanted = [(hard, hard)]
-        try:  # root may raise the hard limit too, up to the kernel's ceiling
-            ceiling = int(Path("/proc/sys/fs/nr_open").read_text())
-            if ceiling > hard:
-                wanted.insert(0, (min(ceiling, 1 << 20), min(ceiling, 1 << 20)))
-        except (OSError, ValueError):
-            pass
-        for limits in wanted:
-            if limits[0] <= soft:
-                return
-            try:
-                resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
-                return
-            except (PermissionError, ValueError):
-                continue
-    except OSError:  # gone already: keep what it has
-        pass
-
-
 def _die_with_parent_hook() -> Callable[[], None]:
     """A preexec hook making the child get SIGKILL when its parent thread dies.
 
@@ -719,7 +690,6 @@ class _ManagedProcess:
                 start_new_session=True,
                 preexec_fn=_die_with_parent_hook() if self.die_with_parent else None,
             )
-        _raise_open_files(self._proc.pid)
         self.pid_file.write_text(f"{self._proc.pid}\n")
 
     def wait_ready(self, timeout: float = 60) -> None:
